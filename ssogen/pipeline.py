@@ -1,0 +1,360 @@
+"""`ssogen build`: runs the SSO stages over the queries, chunk by chunk, on one engine.
+
+Owns: the order of the stages and what goes to the engine together. Per chunk: one call selects the
+features of every query; (optionally) one call writes query-specific principles; one call samples y+,
+y- and y° of every query at once; one call scores every kept answer under the bare query. Each finished
+chunk is saved before the next starts, so a stopped run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssogen import __version__
+from ssogen.chat import ChatFormat
+from ssogen.config import BuildConfig
+from ssogen.engine import Engine, EngineSettings, Request
+from ssogen.errors import UsageError
+from ssogen.library import Feature, Templates, folder_hash, load_library, resource_dir
+from ssogen.models import ModelRef, resolve_model
+from ssogen.scoring import mean_logprob, weight
+from ssogen.sources import Query, QuerySet, load_queries
+from ssogen.steer import (
+    ROLES,
+    choose_features,
+    derive_seed,
+    drop_reason,
+    library_principles,
+    parse_features,
+    parse_principles,
+    principles_prompt,
+    principles_schema,
+    query_rng,
+    selection_prompt,
+    strip_label,
+    system_message,
+)
+from ssogen.store import OutputFolder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, for the closing log lines and for callers."""
+
+    total: int = 0
+    resumed: int = 0
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    mean_weight: float = math.nan
+    generated_tokens: int = 0
+    generate_seconds: float = 0.0
+    score_seconds: float = 0.0
+    engine_start_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+    def lines(self) -> list[str]:
+        drops = ", ".join(f"{reason}={n}" for reason, n in sorted(self.dropped.items())) or "none"
+        return [
+            f"queries: {self.total} ({self.resumed} resumed from earlier runs, {self.duplicates} duplicates removed)",
+            f"kept: {self.kept}  dropped: {sum(self.dropped.values())} ({drops})",
+            f"mean W: {self.mean_weight:.4f}",
+            f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
+            f"({self.tokens_per_second:.1f} tok/s); scoring {self.score_seconds:.1f}s; "
+            f"engine start {self.engine_start_seconds:.1f}s; wall {self.wall_seconds:.1f}s",
+        ]
+
+
+@dataclass
+class Plan:
+    """Everything a build needs, loaded and validated before the engine starts."""
+
+    config: BuildConfig
+    model: ModelRef
+    library: list[Feature]
+    templates: Templates
+    queries: QuerySet
+    folder: OutputFolder
+    settings: dict[str, Any]
+
+
+def plan_build(config: BuildConfig) -> Plan:
+    """Validate settings and load every input; nothing here starts an engine or writes output."""
+    config.validate()
+    library = load_library(config.principles)
+    templates = Templates(config.prompts)
+    selectable = [f for f in library if f.bound_probability == 0]
+    if config.num_features > len(selectable):
+        raise UsageError(
+            f"--num-features: {config.num_features} is more than the {len(selectable)} selectable features "
+            f"of the principle library; use at most {len(selectable)}."
+        )
+    queries = load_queries(config.queries, config.query_column, config.limit)
+    model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
+    folder = OutputFolder(config.output)
+    settings = run_settings(config, model, templates)
+    return Plan(config, model, library, templates, queries, folder, settings)
+
+
+def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
+    """The exact settings recorded with the dataset; the fingerprint is what a resume must match."""
+    principles = config.principles or resource_dir("principles")
+    values = config.to_dict()
+    fingerprint = {
+        "model": model.name,
+        "model_revision": model.revision,
+        "queries": config.queries or "bundled",
+        "query_column": config.query_column,
+        "limit": config.limit,
+        "seed": config.seed,
+        "round": config.round,
+        "alpha": config.alpha,
+        "num_features": config.num_features,
+        "generate_principles": config.generate_principles,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "selection_temperature": config.selection_temperature,
+        "selection_max_tokens": config.selection_max_tokens,
+        "principle_max_tokens": config.principle_max_tokens,
+        "max_model_len": config.max_model_len,
+        "dtype": config.dtype,
+        "principles_hash": folder_hash(principles, ("*.yaml", "*.yml")),
+        "prompts_hash": folder_hash(templates.folder, ("*.j2",)),
+    }
+    return {"ssogen_version": __version__, "run": fingerprint, "settings": values}
+
+
+def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
+    """Run a whole build: plan, generate every unfinished chunk, write the `sso` and `dropped` tables."""
+    started = time.perf_counter()
+    plan = plan_build(config)
+    plan.folder.prepare(plan.settings, overwrite=overwrite)
+    summary = BuildSummary(duplicates=plan.queries.duplicates)
+    all_queries = plan.queries.queries + plan.queries.empty
+    summary.total = len(all_queries)
+    finished = plan.folder.finished_ids()
+    todo = [q for q in plan.queries.queries if q.prompt_id not in finished]
+    summary.resumed = len(finished & {q.prompt_id for q in all_queries})
+    if summary.resumed:
+        logger.info("resuming: %d of %d queries already done in %s", summary.resumed, summary.total, config.output)
+    empties = [q for q in plan.queries.empty if q.prompt_id not in finished]
+    if empties:
+        plan.folder.write_chunk(
+            plan.folder.next_chunk_index(), [_dropped_row(q, [], "empty_query", plan) for q in empties]
+        )
+
+    if todo:
+        chunks = [todo[i : i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
+        with Engine(_engine_settings(config, plan.model)) as engine:
+            summary.engine_start_seconds = engine.stats.start_seconds
+            chat = ChatFormat(engine.tokenizer)
+            for number, chunk in enumerate(chunks, start=1):
+                rows = run_chunk(engine, chat, plan, chunk)
+                plan.folder.write_chunk(plan.folder.next_chunk_index(), rows)
+                logger.info("chunk %d/%d done (%d queries)", number, len(chunks), len(chunk))
+            summary.generated_tokens = engine.stats.generated_tokens
+            summary.generate_seconds = engine.stats.generate_seconds
+            summary.score_seconds = engine.stats.score_seconds
+
+    kept, dropped = plan.folder.split_chunks([q.prompt_id for q in all_queries])
+    plan.folder.write_config("sso", "train", kept)
+    plan.folder.write_config("dropped", "train", dropped)
+    summary.kept = kept.num_rows
+    summary.dropped = Counter(dropped.column("reason").to_pylist())
+    weights = kept.column("weight").to_pylist()
+    summary.mean_weight = sum(weights) / len(weights) if weights else math.nan
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def _engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
+    return EngineSettings(
+        model=model.path,
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        tensor_parallel_size=config.tensor_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        enforce_eager=config.enforce_eager,
+        enable_prefix_caching=config.enable_prefix_caching,
+        trust_remote_code=config.trust_remote_code,
+        seed=config.seed,
+    )
+
+
+def run_chunk(engine: Engine, chat: ChatFormat, plan: Plan, chunk: list[Query]) -> list[dict[str, Any]]:
+    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped)."""
+    config = plan.config
+    room = config.max_model_len - config.max_new_tokens
+    rows: list[dict[str, Any]] = []
+
+    # 1. Feature selection: one call for the whole chunk.
+    selection = [
+        chat.prompt_ids(
+            [{"role": "user", "content": selection_prompt(plan.templates, plan.library, q.prompt, config.num_features)}]
+        )
+        for q in chunk
+    ]
+    fits = [len(ids) + config.selection_max_tokens <= config.max_model_len for ids in selection]
+    answers = engine.generate(
+        [
+            Request(
+                ids,
+                derive_seed(config.seed, q.prompt_id, "select"),
+                config.selection_max_tokens,
+                temperature=config.selection_temperature,
+                top_p=1.0,
+            )
+            for q, ids, ok in zip(chunk, selection, fits, strict=True)
+            if ok
+        ],
+        desc="select features",
+    )
+    answer_iter = iter(answers)
+    features: dict[str, list[Feature]] = {}
+    for q, ok in zip(chunk, fits, strict=True):
+        text = next(answer_iter).text if ok else ""
+        features[q.prompt_id] = choose_features(
+            parse_features(text, plan.library), plan.library, config.num_features, query_rng(config.seed, q.prompt_id)
+        )
+
+    # 2. Principles: the library's, or query-specific ones written by the policy.
+    principles = {q.prompt_id: library_principles(features[q.prompt_id]) for q in chunk}
+    if config.generate_principles:
+        asks = [
+            (
+                q,
+                chat.prompt_ids(
+                    [{"role": "user", "content": principles_prompt(plan.templates, features[q.prompt_id], q.prompt)}]
+                ),
+            )
+            for q in chunk
+        ]
+        asks = [(q, ids) for q, ids in asks if len(ids) + config.principle_max_tokens <= config.max_model_len]
+        written = engine.generate(
+            [
+                Request(
+                    ids,
+                    derive_seed(config.seed, q.prompt_id, "principles"),
+                    config.principle_max_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    json_schema=principles_schema(features[q.prompt_id]),
+                )
+                for q, ids in asks
+            ],
+            desc="write principles",
+        )
+        for (q, _), answer in zip(asks, written, strict=True):
+            principles[q.prompt_id] = parse_principles(answer.text, features[q.prompt_id])
+
+    # 3. Contrastive prompts x+, x-, x through the model's chat template.
+    prompts: dict[str, dict[str, list[int]]] = {}
+    systems: dict[str, tuple[str, str]] = {}
+    for q in chunk:
+        pos = system_message(plan.templates, features[q.prompt_id], principles[q.prompt_id], "positive")
+        neg = system_message(plan.templates, features[q.prompt_id], principles[q.prompt_id], "negative")
+        systems[q.prompt_id] = (pos, neg)
+        messages = q.messages()
+        prompts[q.prompt_id] = {
+            "chosen": chat.prompt_ids(chat.with_system(pos, messages)),
+            "rejected": chat.prompt_ids(chat.with_system(neg, messages)),
+            "original": chat.prompt_ids(messages),
+        }
+
+    # 4. Sample y+, y-, y° of every query in one call.
+    too_long = {pid for pid, by_role in prompts.items() if max(map(len, by_role.values())) > room}
+    sampled_queries = [q for q in chunk if q.prompt_id not in too_long]
+    requests = [
+        Request(
+            prompts[q.prompt_id][role],
+            derive_seed(config.seed, q.prompt_id, role),
+            config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
+        for q in sampled_queries
+        for role in ROLES
+    ]
+    completions = engine.generate(requests, desc="sample y+ y- y°")
+    answers_by_query = {
+        q.prompt_id: dict(zip(ROLES, completions[3 * i : 3 * i + 3], strict=True))
+        for i, q in enumerate(sampled_queries)
+    }
+
+    # 5. Clean and filter.
+    keep: list[Query] = []
+    texts: dict[str, dict[str, str]] = {}
+    for q in chunk:
+        if q.prompt_id in too_long:
+            rows.append(_dropped_row(q, features[q.prompt_id], "prompt_too_long", plan))
+            continue
+        texts[q.prompt_id] = {role: strip_label(answers_by_query[q.prompt_id][role].text) for role in ROLES}
+        reason = drop_reason(*(texts[q.prompt_id][role] for role in ROLES))
+        if reason:
+            rows.append(_dropped_row(q, features[q.prompt_id], reason, plan))
+        else:
+            keep.append(q)
+
+    # 6. Score π̃ of each kept answer under the bare query x, in one call.
+    pairs = []
+    for q in keep:
+        for role in ROLES:
+            finished = answers_by_query[q.prompt_id][role].finish_reason == "stop"
+            pairs.append((prompts[q.prompt_id]["original"], chat.response_ids(texts[q.prompt_id][role], finished)))
+    token_logprobs = engine.score(pairs, desc="score π̃")
+    for i, q in enumerate(keep):
+        done = answers_by_query[q.prompt_id]
+        pi = {role: mean_logprob(token_logprobs[3 * i + j]) for j, role in enumerate(ROLES)}
+        rows.append(
+            {
+                "prompt_id": q.prompt_id,
+                "prompt": q.prompt,
+                "context": [dict(m) for m in q.context],
+                "features": [f.name for f in features[q.prompt_id]],
+                "principle_source": _principle_source(principles[q.prompt_id]),
+                "system_pos": systems[q.prompt_id][0],
+                "system_neg": systems[q.prompt_id][1],
+                **{role: texts[q.prompt_id][role] for role in ROLES},
+                **{f"logp_{role}": pi[role] for role in ROLES},
+                **{f"tokens_{role}": len(pairs[3 * i + j][1]) for j, role in enumerate(ROLES)},
+                **{f"finish_{role}": done[role].finish_reason for role in ROLES},
+                "truncated": any(done[role].finish_reason == "length" for role in ROLES),
+                "weight": weight(pi["chosen"], pi["rejected"], config.alpha),
+                "alpha": config.alpha,
+                "model": plan.model.name,
+                "round": config.round,
+                "drop_reason": None,
+            }
+        )
+    return rows
+
+
+def _principle_source(principles: list[Any]) -> str:
+    sources = {p.source for p in principles}
+    return sources.pop() if len(sources) == 1 else "mixed"
+
+
+def _dropped_row(query: Query, features: list[Feature], reason: str, plan: Plan) -> dict[str, Any]:
+    return {
+        "prompt_id": query.prompt_id,
+        "prompt": query.prompt,
+        "context": [dict(m) for m in query.context],
+        "features": [f.name for f in features],
+        "model": plan.model.name,
+        "round": plan.config.round,
+        "alpha": plan.config.alpha,
+        "truncated": False,
+        "drop_reason": reason,
+    }

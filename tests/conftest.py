@@ -1,0 +1,59 @@
+"""Shared fixtures: the bundled model, one real vLLM engine per test session, the shared prompt sets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The shared prompt sets live beside the repository (../shared/data); SSOGEN_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("SSOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "user_oriented_instructions.jsonl").is_file():
+        pytest.fail(f"the shared prompt sets are missing at {SHARED_DATA}; set SSOGEN_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bundled_model():
+    from ssogen.models import bundled_model
+
+    return bundled_model()
+
+
+@pytest.fixture(scope="session")
+def engine(bundled_model) -> Iterator:
+    """One real engine for the in-process tests: float32 so scores compare tightly with transformers."""
+    from ssogen.engine import Engine, EngineSettings
+
+    settings = EngineSettings(model=bundled_model.path, dtype="float32", max_model_len=2048, enforce_eager=True)
+    with Engine(settings) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="session")
+def tokenizer(bundled_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bundled_model.path)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    """Run `python -m ssogen ...` as a user would, in its own process."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "ssogen", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )

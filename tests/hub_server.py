@@ -1,0 +1,421 @@
+"""Loopback stand-in for the Hugging Face Hub HTTP API, for ssogen's publishing tests.
+
+Run it as its own process (standard library only)::
+
+    python tests/hub_server.py --port 0 --storage DIR --token TOKEN [--fail-first N]
+
+It prints ``READY <port>`` on stdout once it listens on 127.0.0.1. Point the real
+``huggingface_hub`` client at ``http://127.0.0.1:<port>`` (``endpoint=...``).
+
+It speaks the part of the Hub API that the client uses to publish and read back a
+dataset (paths as the client builds them, ``{t}`` = ``models`` | ``datasets`` | ``spaces``):
+
+    GET  /api/whoami-v2                          POST /api/validate-yaml
+    POST /api/repos/create                       GET  /api/{t}/{repo}[/revision/{rev}]
+    POST /api/{t}/{repo}/preupload/{rev}         POST /api/{t}/{repo}/commit/{rev}  (NDJSON)
+    GET  /api/{t}/{repo}/tree/{rev}[/{path}]     GET  /api/{t}/{repo}/refs
+    GET  /api/{t}/{repo}/commits/{rev}           POST|DELETE /api/{t}/{repo}/branch/{name}
+    POST /api/{t}/{repo}/tag/{rev}               DELETE /api/{t}/{repo}/tag/{name}
+    HEAD|GET /[datasets/|spaces/]{repo}/resolve/{rev}/{path}
+
+The pre-upload call answers ``"uploadMode": "regular"`` for every file, so file content
+arrives inline (base64) in the commit payload: no LFS, no Xet. Every request must carry
+``Authorization: Bearer <TOKEN>``; anything else gets a Hub-like 401. ``--fail-first N``
+answers the first N commit requests with HTTP 500, to exercise client retries.
+
+Storage, rewritten on every change so a test can read it while the server runs (and
+reloaded at start, so a restart keeps the repos):
+
+    DIR/<t>/<org>/<name>/commits/<oid>/<path>   full snapshot of every commit's files
+    DIR/<t>/<org>/<name>/repo.json              {"private", "branches": {name: oid},
+                                                 "tags": {name: oid}, "commits": [oldest first]}
+    DIR/requests.log                            "METHOD path status" per request (no headers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+USER = "tester"
+GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def git_hash(data: bytes) -> str:
+    """The git blob id, which the client compares with its own to skip unchanged files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class HubError(Exception):
+    """An HTTP error answer: status, message and the X-Error-Code the client dispatches on."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    title: str
+    message: str
+    date: str
+    files: dict[str, bytes]
+
+
+@dataclass
+class Repo:
+    root: Path
+    repo_type: str
+    repo_id: str
+    private: bool = False
+    commits: dict[str, Commit] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, rev: str) -> Commit:
+        oid = self.branches.get(rev) or self.tags.get(rev) or (rev if rev in self.commits else None)
+        if oid is None:
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return self.commits[oid]
+
+    def add_commit(self, branch: str, files: dict[str, bytes], title: str, message: str) -> Commit:
+        parent = self.branches.get(branch)
+        seed = f"{parent}\n{title}\n{time.time_ns()}\n{len(self.order)}\n" + "".join(
+            f"{p}:{git_hash(b)}\n" for p, b in sorted(files.items())
+        )
+        date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, title, message, date, files)
+        for path, data in files.items():  # commits are immutable: written once, never touched again
+            target = self.root / "commits" / commit.oid / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        self.commits[commit.oid] = commit
+        self.order.append(commit.oid)
+        self.branches[branch] = commit.oid
+        return commit
+
+    def save(self) -> None:
+        meta = {
+            "private": self.private,
+            "branches": self.branches,
+            "tags": self.tags,
+            "commits": [
+                {k: getattr(self.commits[o], k) for k in ("oid", "parent", "title", "message", "date")}
+                for o in self.order
+            ],
+        }
+        tmp = self.root / "repo.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, self.root / "repo.json")  # atomic, so a reading test never sees half a file
+
+    @classmethod
+    def load(cls, root: Path, repo_type: str, repo_id: str) -> Repo:
+        meta = json.loads((root / "repo.json").read_text())
+        repo = cls(root, repo_type, repo_id, meta["private"], branches=meta["branches"], tags=meta["tags"])
+        for c in meta["commits"]:
+            snap = root / "commits" / c["oid"]
+            files = {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+            repo.commits[c["oid"]] = Commit(files=files, **c)
+            repo.order.append(c["oid"])
+        return repo
+
+
+class Hub:
+    """All repos, behind one lock: requests arrive on many threads."""
+
+    def __init__(self, storage: Path, token: str, fail_first: int):
+        self.storage, self.token, self.fail_first = storage, token, fail_first
+        self.lock = threading.Lock()
+        self.repos: dict[tuple[str, str], Repo] = {}
+        for meta in storage.glob("*/*/*/repo.json"):
+            t, org, name = meta.parent.relative_to(storage).parts
+            if t in REPO_TYPES:
+                repo_id = f"{org}/{name}"
+                self.repos[(REPO_TYPES[t], repo_id)] = Repo.load(meta.parent, REPO_TYPES[t], repo_id)
+
+    def repo(self, repo_type: str, repo_id: str) -> Repo:
+        repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        return repo
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "hub-loopback/1.0"
+    hub: Hub  # set on the class by main()
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # requests.log is written by _dispatch; stderr stays for tracebacks
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        # Read the whole body first: answering early (e.g. 401) with unread data can reset the socket.
+        length = int(self.headers.get("Content-Length") or 0)
+        self.body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        status = 500
+        try:
+            if self.headers.get("Authorization") != f"Bearer {self.hub.token}":
+                msg = "Invalid credentials in Authorization header"
+                raise HubError(401, msg, None, {"X-Error-Message": msg})
+            # Split before unquoting: the client quotes "/" inside a revision as %2F.
+            status, payload, headers = self._route([unquote(s) for s in url.path.strip("/").split("/")])
+        except HubError as err:
+            status = err.status
+            headers = {"X-Error-Message": err.message, **err.headers}
+            if err.code:
+                headers["X-Error-Code"] = err.code
+            payload = {"error": err.message}
+        except Exception as err:
+            traceback.print_exc()
+            status, payload, headers = 500, {"error": f"hub_server bug: {err!r}"}, {}
+        finally:
+            with open(self.hub.storage / "requests.log", "a") as log:
+                log.write(f"{self.command} {url.path} {status}\n")
+        if isinstance(payload, bytes):
+            self._send(status, payload, {"Content-Type": "application/octet-stream", **headers})
+        else:
+            self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **headers})
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", headers.get("Content-Length", str(len(body))))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _base(self) -> str:
+        return f"http://{self.headers.get('Host')}"
+
+    def _json(self) -> dict:
+        return json.loads(self.body or b"{}")
+
+    def _route(self, seg: list[str]) -> tuple[int, object, dict]:
+        with self.hub.lock:
+            m = self.command
+            if seg[:2] == ["api", "whoami-v2"]:
+                return 200, {"type": "user", "name": USER, "orgs": [], "auth": {"type": "access_token"}}, {}
+            if seg[:2] == ["api", "validate-yaml"] and m == "POST":
+                return 200, {"errors": [], "warnings": []}, {}
+            if seg[:3] == ["api", "repos", "create"] and m == "POST":
+                return self._create_repo()
+            if len(seg) >= 4 and seg[0] == "api" and seg[1] in REPO_TYPES:
+                repo = self.hub.repo(REPO_TYPES[seg[1]], f"{seg[2]}/{seg[3]}")
+                return self._repo_api(repo, seg[4:])
+            if m in ("GET", "HEAD"):
+                t = seg[0] if seg and seg[0] in ("datasets", "spaces") else "models"
+                rest = seg[1:] if t != "models" else seg
+                if len(rest) >= 5 and rest[2] == "resolve":
+                    repo = self.hub.repo(REPO_TYPES[t], f"{rest[0]}/{rest[1]}")
+                    return self._resolve(repo, rest[3], "/".join(rest[4:]))
+            raise HubError(404, f"Not found: {m} {self.path}")
+
+    # -- endpoints --------------------------------------------------------------------------
+    def _create_repo(self) -> tuple[int, object, dict]:
+        body = self._json()
+        repo_type = body.get("type") or "model"
+        repo_id = f"{body.get('organization') or USER}/{body['name']}"
+        url = f"{self._base()}/{URL_PREFIX[repo_type]}{repo_id}"
+        if (repo_type, repo_id) in self.hub.repos:
+            # The client reads "url" from this 409 body too (create_repo with exist_ok=True).
+            msg = f"You already created this {repo_type} repo"
+            return 409, {"error": msg, "url": url}, {"X-Error-Message": msg}
+        root = self.hub.storage / f"{repo_type}s" / repo_id
+        private = body.get("visibility") == "private" or bool(body.get("private"))
+        repo = Repo(root, repo_type, repo_id, private)
+        # Like the Hub: a new repo already has one commit on main holding .gitattributes.
+        repo.add_commit("main", {".gitattributes": GITATTRIBUTES}, "initial commit", "")
+        repo.save()
+        self.hub.repos[(repo_type, repo_id)] = repo
+        return 200, {"url": url, "name": repo_id, "id": repo_id}, {}
+
+    def _repo_api(self, repo: Repo, rest: list[str]) -> tuple[int, object, dict]:
+        m, action, arg = self.command, rest[0] if rest else "", rest[1] if len(rest) > 1 else "main"
+        if m == "GET" and action in ("", "revision"):
+            return 200, self._info(repo, repo.resolve(arg)), {}
+        if m == "GET" and action == "refs":
+
+            def refs(kind: str, table: dict[str, str]) -> list[dict]:
+                return [{"name": n, "ref": f"refs/{kind}/{n}", "targetCommit": o} for n, o in sorted(table.items())]
+
+            body = {"branches": refs("heads", repo.branches), "tags": refs("tags", repo.tags), "converts": []}
+            return 200, {**body, "pullRequests": []}, {}
+        if m == "GET" and action == "tree":
+            return 200, self._tree(repo.resolve(arg), "/".join(rest[2:])), {}
+        if m == "GET" and action == "commits":
+            out, oid = [], repo.resolve(arg).oid
+            while oid is not None:
+                c = repo.commits[oid]
+                item = {"id": c.oid, "title": c.title, "message": c.message, "date": c.date}
+                out.append({**item, "authors": [{"user": USER}]})
+                oid = c.parent
+            return 200, out, {}
+        if m == "POST" and action == "preupload":
+            return 200, self._preupload(repo, arg), {}
+        if m == "POST" and action == "commit":
+            return self._commit(repo, arg)
+        if m in ("POST", "DELETE") and action in ("branch", "tag"):
+            return self._ref(repo, action, arg)
+        raise HubError(404, f"Not found: {m} {self.path}")
+
+    def _info(self, repo: Repo, commit: Commit) -> dict:
+        return {
+            "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.oid,
+            "private": repo.private,
+            "disabled": False,
+            "gated": False,
+            "lastModified": commit.date,
+            "createdAt": commit.date,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+            "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+        }
+
+    def _tree(self, commit: Commit, base: str) -> list[dict]:
+        recursive = self.query.get("recursive", "").lower() in ("1", "true")
+        prefix = f"{base.strip('/')}/" if base.strip("/") else ""
+        files = {p: b for p, b in commit.files.items() if p.startswith(prefix)}
+        if prefix and not files:
+            raise HubError(404, f"Entry not found: {base}", "EntryNotFound")
+        dirs: set[str] = set()
+        entries = []
+        for path in sorted(files):
+            parts = path[len(prefix) :].split("/")
+            for depth in range(1, len(parts)):
+                dirs.add(prefix + "/".join(parts[:depth]))
+            if recursive or len(parts) == 1:
+                data = files[path]
+                entries.append({"type": "file", "oid": git_hash(data), "size": len(data), "path": path})
+        for d in sorted(dirs):
+            if recursive or "/" not in d[len(prefix) :]:
+                oid = hashlib.sha1(f"{commit.oid}:{d}".encode()).hexdigest()
+                entries.append({"type": "directory", "oid": oid, "size": 0, "path": d})
+        return entries
+
+    def _preupload(self, repo: Repo, rev: str) -> dict:
+        try:
+            existing = repo.resolve(rev).files
+        except HubError:
+            existing = {}  # a branch about to be made: nothing to compare against
+        files = []
+        for f in self._json().get("files", []):
+            data = existing.get(f["path"])
+            oid = git_hash(data) if data is not None else None
+            files.append({"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
+        return {"files": files}
+
+    def _commit(self, repo: Repo, branch: str) -> tuple[int, object, dict]:
+        if self.hub.fail_first > 0:
+            self.hub.fail_first -= 1
+            raise HubError(500, "Internal Error - injected by --fail-first")
+        if "create_pr" in self.query:
+            raise HubError(400, "Pull requests are not supported by this test server")
+        if branch not in repo.branches:
+            raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+        lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
+        header = next((x["value"] for x in lines if x["key"] == "header"), {})
+        head = repo.commits[repo.branches[branch]]
+        parent = header.get("parentCommit")
+        if parent and not head.oid.startswith(parent):
+            raise HubError(412, "A commit has happened since. Please refresh and try again.")
+        files = dict(head.files)
+        for op in (x for x in lines if x["key"] != "header"):
+            key, value = op["key"], op["value"]
+            if key == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif key == "deletedFile":
+                if files.pop(value["path"], None) is None:
+                    raise HubError(404, "A file with this name doesn't exist", "EntryNotFound")
+            elif key == "deletedFolder":
+                folder = value["path"].rstrip("/") + "/"
+                files = {p: b for p, b in files.items() if not p.startswith(folder)}
+            else:
+                raise HubError(400, f"Unsupported commit operation {key!r}: this server only takes regular files")
+        commit = repo.add_commit(branch, files, header.get("summary", ""), header.get("description", ""))
+        repo.save()
+        url = f"{self._base()}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"
+        return 200, {"success": True, "commitOid": commit.oid, "commitUrl": url, "pullRequestUrl": None}, {}
+
+    def _ref(self, repo: Repo, kind: str, arg: str) -> tuple[int, object, dict]:
+        table = repo.branches if kind == "branch" else repo.tags
+        if self.command == "DELETE":
+            if table.pop(arg, None) is None:
+                raise HubError(404, f"Invalid rev id: {arg}", "RevisionNotFound")
+            repo.save()
+            return 200, {}, {}
+        body = self._json()
+        name, start = (arg, body.get("startingPoint") or "main") if kind == "branch" else (body["tag"], arg)
+        if name in repo.branches or name in repo.tags:
+            raise HubError(409, "Reference already exists")
+        table[name] = repo.resolve(start).oid
+        repo.save()
+        return 200, {}, {}
+
+    def _resolve(self, repo: Repo, rev: str, path: str) -> tuple[int, object, dict]:
+        commit = repo.resolve(rev)
+        if path not in commit.files:
+            raise HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.oid})
+        data = commit.files[path]
+        headers = {"ETag": f'"{git_hash(data)}"', "X-Repo-Commit": commit.oid, "Content-Length": str(len(data))}
+        headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(path.rsplit('/', 1)[-1])}"
+        return 200, data, headers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--storage", type=Path, required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--fail-first", type=int, default=0, help="answer the first N commits with HTTP 500")
+    args = parser.parse_args(argv)
+    args.storage.mkdir(parents=True, exist_ok=True)
+    Handler.hub = Hub(args.storage, args.token, args.fail_first)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

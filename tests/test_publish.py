@@ -1,0 +1,292 @@
+"""Publishing tests: the real huggingface_hub client against tests/hub_server.py on loopback.
+
+Each test starts the server as a subprocess on 127.0.0.1, port 0, and reads its
+``READY <port>`` line. Pointing the client at it: huggingface_hub reads ``HF_ENDPOINT`` once,
+at import, into ``constants.ENDPOINT`` *and* into ``constants.HUGGINGFACE_CO_URL_TEMPLATE``
+(the download URL template). Monkeypatching ``constants.ENDPOINT`` alone therefore sends API
+calls to the loopback server but downloads to huggingface.co (``hf_hub_url`` only rewrites
+URLs that start with the current ``ENDPOINT``). So the tests pass ``endpoint=`` explicitly to
+``push_folder``, ``HfApi`` and ``snapshot_download``; ``HF_ENDPOINT`` is set in the
+environment as well, only so that nothing started from a test could reach the real Hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from huggingface_hub import HfApi, snapshot_download
+
+from ssogen.errors import PublishError, UsageError
+from ssogen.publish import push_folder, validate_repo_id
+
+SERVER = Path(__file__).with_name("hub_server.py")
+TOKEN = "hf_loopbackTestToken0123456789"
+REPO = "ssogen-test/prefs"
+
+
+@dataclass
+class Hub:
+    """A running hub_server.py and readers for what it stored."""
+
+    url: str
+    storage: Path
+
+    def meta(self, repo_id: str = REPO) -> dict:
+        return json.loads((self.storage / "datasets" / repo_id / "repo.json").read_text())
+
+    def files(self, oid: str, repo_id: str = REPO) -> dict[str, bytes]:
+        snap = self.storage / "datasets" / repo_id / "commits" / oid
+        return {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+
+    def requests(self) -> list[str]:
+        log = self.storage / "requests.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def commit_requests(self) -> list[str]:
+        return [r for r in self.requests() if r.startswith("POST ") and "/commit/" in r]
+
+
+@pytest.fixture
+def start_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Hub]]:
+    """Factory: start a hub_server.py subprocess (optionally failing its first commits)."""
+    procs: list[subprocess.Popen[str]] = []
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+    def start(fail_first: int = 0) -> Hub:
+        storage = tmp_path / f"hub{len(procs)}"
+        cmd = [sys.executable, str(SERVER), "--port", "0", "--storage", str(storage), "--token", TOKEN]
+        with open(tmp_path / "hub_server.stderr", "ab") as err:
+            proc = subprocess.Popen(
+                [*cmd, "--fail-first", str(fail_first)], stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        procs.append(proc)
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:  # bounded wait: a broken server must not hang the suite
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(timeout=20)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"hub_server did not start: {line!r}\n{(tmp_path / 'hub_server.stderr').read_text()}")
+        url = f"http://127.0.0.1:{int(line.split()[1])}"
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        return Hub(url=url, storage=storage)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def hub(start_hub: Callable[..., Hub]) -> Hub:
+    return start_hub()
+
+
+def make_folder(root: Path, round_: int, *, with_test_split: bool = False) -> Path:
+    """A small dataset folder in the Hub layout ssogen writes: card, parquet shards, settings."""
+    folder = root / f"out-round{round_}-{int(with_test_split)}"
+    rows = [
+        {
+            "prompt_id": f"p{i}",
+            "prompt": f"question {i}",
+            "chosen": f"good {i} r{round_}",
+            "rejected": f"bad {i}",
+            "weight": 0.5 + i,
+            "round": round_,
+        }
+        for i in range(3)
+    ]
+    shards = {"data/sso/train-00000-of-00001.parquet": rows}
+    shards["data/dpo/train-00000-of-00001.parquet"] = [
+        {"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"], "weight": r["weight"]} for r in rows
+    ]
+    if with_test_split:
+        shards["data/sso/test-00000-of-00001.parquet"] = rows[:1]
+    for rel, table in shards.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(table).to_parquet(folder / rel, index=False)
+    configs = "".join(
+        f"- config_name: {name}\n  data_files:\n  - split: train\n    path: data/{name}/train-*.parquet\n"
+        for name in ("sso", "dpo")
+    )
+    (folder / "README.md").write_text(f"---\nlicense: apache-2.0\nconfigs:\n{configs}---\n# Round {round_}\n")
+    (folder / "ssogen.yaml").write_text(f"round: {round_}\nseed: 0\nmodel: tiny\n")
+    return folder
+
+
+def local_files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def digests(folder: Path) -> dict[str, tuple[str, float]]:
+    """Content hash and mtime of every entry: a file written, added or removed changes it."""
+    return {
+        p.relative_to(folder).as_posix(): (
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+            p.stat().st_mtime,
+        )
+        for p in sorted([folder, *folder.rglob("*")])
+    }
+
+
+def without_gitattributes(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {p: b for p, b in files.items() if p != ".gitattributes"}
+
+
+def download(hub: Hub, revision: str, cache: Path) -> dict[str, bytes]:
+    path = snapshot_download(
+        REPO, repo_type="dataset", revision=revision, endpoint=hub.url, token=TOKEN, cache_dir=cache
+    )
+    return without_gitattributes(local_files(Path(path)))
+
+
+def test_push_stores_every_file_byte_for_byte_in_one_commit_and_tags_round_0(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_folder(tmp_path, 0)
+    before = digests(folder)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # no token argument: HF_TOKEN must be picked up
+
+    result = push_folder(folder, REPO, round=0, endpoint=hub.url)
+
+    meta = hub.meta()
+    assert len(meta["commits"]) == 2  # the repo's initial commit + exactly one for the round
+    assert len(hub.commit_requests()) == 1
+    assert meta["commits"][-1]["oid"] == result.commit_oid == meta["branches"]["main"]
+    assert "round 0" in meta["commits"][-1]["title"]
+    assert meta["tags"] == {"round-0": result.commit_oid}
+    assert (result.repo_id, result.revision, result.tag) == (REPO, "main", "round-0")
+    assert without_gitattributes(hub.files(result.commit_oid)) == local_files(folder)
+    assert download(hub, "round-0", tmp_path / "cache") == local_files(folder)
+    assert digests(folder) == before
+
+
+def test_second_round_keeps_round_0_under_its_tag_and_prunes_stale_data_files(hub: Hub, tmp_path: Path) -> None:
+    round0 = make_folder(tmp_path, 0, with_test_split=True)
+    round1 = make_folder(tmp_path, 1)
+    stale = "data/sso/test-00000-of-00001.parquet"
+    assert stale in local_files(round0) and stale not in local_files(round1)
+    assert (
+        local_files(round0)["data/sso/train-00000-of-00001.parquet"]
+        != local_files(round1)["data/sso/train-00000-of-00001.parquet"]
+    )
+
+    first = push_folder(round0, REPO, round=0, token=TOKEN, endpoint=hub.url)
+    second = push_folder(round1, REPO, round=1, token=TOKEN, endpoint=hub.url)
+
+    meta = hub.meta()
+    assert meta["tags"] == {"round-0": first.commit_oid, "round-1": second.commit_oid}
+    assert meta["branches"]["main"] == second.commit_oid
+    assert len(hub.commit_requests()) == 2
+    assert download(hub, "round-0", tmp_path / "cache0") == local_files(round0)
+    assert download(hub, "main", tmp_path / "cache1") == local_files(round1)
+    assert stale not in HfApi(endpoint=hub.url, token=TOKEN).list_repo_files(REPO, repo_type="dataset")
+
+
+def test_pushing_a_round_again_refuses_without_overwrite_round_and_commits_nothing(hub: Hub, tmp_path: Path) -> None:
+    first = push_folder(make_folder(tmp_path, 0), REPO, round=0, token=TOKEN, endpoint=hub.url)
+    commits, seen = len(hub.meta()["commits"]), len(hub.requests())
+    redo = make_folder(tmp_path, 0, with_test_split=True)  # different content, same round
+
+    with pytest.raises(PublishError, match="--overwrite-round") as refused:
+        push_folder(redo, REPO, round=0, token=TOKEN, endpoint=hub.url)
+    assert "round-0 already exists" in str(refused.value)
+    assert len(hub.meta()["commits"]) == commits
+    assert not [r for r in hub.requests()[seen:] if "/preupload/" in r or "/commit/" in r]
+    assert hub.meta()["tags"] == {"round-0": first.commit_oid}
+
+    again = push_folder(redo, REPO, round=0, token=TOKEN, endpoint=hub.url, overwrite_round=True)
+    assert again.commit_oid != first.commit_oid
+    assert hub.meta()["tags"] == {"round-0": again.commit_oid}
+    assert download(hub, "round-0", tmp_path / "cache") == local_files(redo)
+
+
+def test_wrong_token_fails_with_auth_message_without_leaking_it_or_touching_the_folder(
+    hub: Hub, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = make_folder(tmp_path, 0)
+    before = digests(folder)
+    wrong = "hf_wrongTokenThatMustNotLeak42"
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(PublishError) as failed:
+        push_folder(folder, REPO, round=0, token=wrong, endpoint=hub.url, backoff_seconds=0.01)
+
+    message = str(failed.value)
+    assert "authentication failed" in message
+    assert "ssogen push" in message and REPO in message
+    assert wrong not in message and TOKEN not in message
+    assert failed.value.__cause__ is None
+    assert wrong not in caplog.text
+    assert digests(folder) == before
+    assert hub.requests().count("POST /api/repos/create 401") == 1  # 401 is not retried
+    assert not [r for r in hub.requests() if "/preupload/" in r or "/commit/" in r]
+
+
+def test_commit_answered_500_is_retried_then_succeeds(start_hub: Callable[..., Hub], tmp_path: Path) -> None:
+    hub = start_hub(fail_first=1)
+    folder = make_folder(tmp_path, 0)
+
+    result = push_folder(folder, REPO, round=0, token=TOKEN, endpoint=hub.url, backoff_seconds=0.01)
+
+    assert [r.rsplit(" ", 1)[1] for r in hub.commit_requests()] == ["500", "200"]
+    assert len(hub.meta()["commits"]) == 2
+    assert hub.meta()["tags"] == {"round-0": result.commit_oid}
+    assert without_gitattributes(hub.files(result.commit_oid)) == local_files(folder)
+
+
+def test_commit_failing_past_max_retries_raises_publish_error_with_retry_command(
+    start_hub: Callable[..., Hub], tmp_path: Path
+) -> None:
+    hub = start_hub(fail_first=10)
+    folder = make_folder(tmp_path, 0)
+    started = time.monotonic()
+
+    with pytest.raises(PublishError, match="ssogen push") as failed:
+        push_folder(folder, REPO, round=0, token=TOKEN, endpoint=hub.url, max_retries=2, backoff_seconds=0.01)
+
+    assert "after 3 attempts" in str(failed.value) and "HTTP 500" in str(failed.value)
+    assert len(hub.commit_requests()) == 3
+    assert hub.meta()["tags"] == {}
+    assert time.monotonic() - started < 10
+
+
+def test_push_to_another_branch_creates_it_and_leaves_main_alone(hub: Hub, tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, 2)
+
+    result = push_folder(folder, REPO, round=2, token=TOKEN, endpoint=hub.url, revision="rounds")
+
+    meta = hub.meta()
+    assert meta["branches"]["rounds"] == result.commit_oid == meta["tags"]["round-2"]
+    assert without_gitattributes(hub.files(meta["branches"]["main"])) == {}
+    assert download(hub, "round-2", tmp_path / "cache") == local_files(folder)
+
+
+@pytest.mark.parametrize("repo_id", ["noslash", "a/b/c", "bad name/x", "org/", "/name"])
+def test_malformed_repo_ids_raise_usage_error_naming_push_to_hub(repo_id: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--push-to-hub") as bad:
+        validate_repo_id(repo_id)
+    assert "ORG/NAME" in str(bad.value)
+    assert bad.value.exit_code == 2
+    with pytest.raises(UsageError, match="--push-to-hub"):
+        push_folder(make_folder(tmp_path, 0), repo_id, round=0, token=TOKEN, endpoint="http://127.0.0.1:9")
+
+
+def test_valid_repo_id_is_returned_unchanged() -> None:
+    assert validate_repo_id("my-org/sso.prefs_v2") == "my-org/sso.prefs_v2"

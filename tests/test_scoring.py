@@ -1,0 +1,69 @@
+"""π̃ and W: the formulas, and the engine's prefill scores against a plain transformers forward pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ssogen.scoring import mean_logprob, sigmoid, weight
+
+
+def test_mean_logprob_is_the_per_token_mean():
+    assert mean_logprob([-1.0, -2.0, -3.0]) == pytest.approx(-2.0)
+    assert math.isnan(mean_logprob([]))
+
+
+@pytest.mark.parametrize(
+    ("pi_chosen", "pi_rejected", "alpha", "expected"),
+    [
+        (0.0, 0.0, 0.5, 0.5),
+        (-1.0, -3.0, 0.5, 1 / (1 + math.exp(-2.0))),
+        (-1.0, -3.0, 1.0, 1 / (1 + math.exp(-1.0))),
+        (-1.0, -3.0, 0.0, 1 / (1 + math.exp(-3.0))),
+        (-0.2, -0.4, 0.25, 1 / (1 + math.exp(-(0.25 * 0.2 + 0.75 * 0.4)))),
+    ],
+)
+def test_weight_at_known_inputs(pi_chosen, pi_rejected, alpha, expected):
+    assert weight(pi_chosen, pi_rejected, alpha) == pytest.approx(expected, rel=1e-12)
+
+
+def test_sigmoid_does_not_overflow():
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0
+
+
+def test_engine_scores_match_a_transformers_forward_pass(engine, bundled_model, tokenizer):
+    """Mean per-token log-prob from vLLM prompt log-probs vs transformers on the same tokens: within 0.05 nats."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ssogen.chat import ChatFormat
+
+    chat = ChatFormat(tokenizer)
+    cases = [
+        ("What is the capital of France?", "The capital of France is Paris.", True),
+        (
+            "Write a haiku about rain.",
+            "Soft rain on the roof,\nquiet drums for sleepy towns,\npuddles hold the sky.",
+            True,
+        ),
+        ("Explain recursion briefly.", "Recursion is when a function calls itself on a smaller part of", False),
+    ]
+    pairs = [
+        (chat.prompt_ids([{"role": "user", "content": q}]), chat.response_ids(a, finished)) for q, a, finished in cases
+    ]
+    from_engine = [mean_logprob(s) for s in engine.score(pairs)]
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_model.path, dtype=torch.float32)
+    model.eval()
+    for (prompt, response), vllm_mean in zip(pairs, from_engine, strict=True):
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logits = model(ids).logits.float()
+        logprobs = torch.log_softmax(logits[0, :-1], dim=-1)
+        targets = ids[0, 1:]
+        token_lp = logprobs[torch.arange(len(targets)), targets][len(prompt) - 1 :]
+        reference = token_lp.mean().item()
+        assert len(token_lp) == len(response)
+        assert vllm_mean <= 0.0
+        assert abs(vllm_mean - reference) < 0.05, (vllm_mean, reference)
