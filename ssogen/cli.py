@@ -110,6 +110,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for line in summary.lines():
         logger.info("%s", line)
     logger.info("wrote %s", config.output)
+    if config.push_to_hub:
+        from ssogen.publish import push_folder
+
+        result = push_folder(
+            config.output,
+            config.push_to_hub,
+            round=config.round,
+            private=config.private,
+            revision=config.revision,
+            overwrite_round=config.overwrite_round,
+        )
+        logger.info("published %s at %s (tag %s)", result.repo_id, result.revision, result.tag)
     return 0
 
 

@@ -69,6 +69,15 @@ class BuildConfig:
         256, "Queries whose roles are all in flight in one engine call; finished work is saved per chunk."
     )
 
+    # --- the dataset ---------------------------------------------------------------------------------
+    test_size: float = _setting(0.05, "Share of queries in the test split (seeded, decided per query).")
+    license: str = _setting("other", "License named in the dataset card (that of your model and queries).")
+    parent: str | None = _setting(None, "Hub id of the previous round's dataset, linked from the card.")
+    push_to_hub: str | None = _setting(None, "After the build, publish the folder to this Hub dataset (ORG/NAME).")
+    private: bool = _setting(False, "Create the Hub repository as private.")
+    revision: str | None = _setting(None, "Hub branch to commit to (default: main); each round is also tagged.")
+    overwrite_round: bool = _setting(False, "Move the Hub tag round-<r> if that round was published before.")
+
     # --- engine -----------------------------------------------------------------------------------
     dtype: str = _setting("auto", "Model dtype for vLLM (auto, bfloat16, float16, float32).")
     max_model_len: int = _setting(4096, "Context length (prompt + answer) the engine reserves per sequence.")
@@ -97,6 +106,7 @@ class BuildConfig:
             (self.num_features >= 1, "num_features", "must be at least 1"),
             (self.limit is None or self.limit >= 1, "limit", "must be at least 1 (or left out for all)"),
             (self.chunk_size >= 1, "chunk_size", "must be at least 1"),
+            (0.0 <= self.test_size < 1.0, "test_size", "must be in [0, 1)"),
             (self.round >= 0, "round", "must be 0 or more"),
             (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),
             (self.selection_max_tokens > 0, "selection_max_tokens", "must be positive"),
@@ -122,6 +132,10 @@ class BuildConfig:
                 f"--max-new-tokens ({self.max_new_tokens}) must be smaller than --max-model-len "
                 f"({self.max_model_len}): the prompt needs room too."
             )
+        if self.push_to_hub is not None:
+            from ssogen.publish import validate_repo_id
+
+            validate_repo_id(self.push_to_hub)
         if self.output.exists() and not self.output.is_dir():
             raise UsageError(f"--output: {self.output} is a file; give a folder path.")
         return self

@@ -19,7 +19,9 @@ from jinja2.sandbox import SandboxedEnvironment
 from ssogen.errors import UsageError
 
 REQUIRED_FIELDS = ("name", "adjectives", "meaning", "positive", "negative")
-TEMPLATES = ("select_features.j2", "generate_principles.j2", "steering_system.j2")
+# The templates that shape generation (hashed into a build's fingerprint), then the card's.
+GENERATION_TEMPLATES = ("select_features.j2", "generate_principles.j2", "steering_system.j2")
+TEMPLATES = (*GENERATION_TEMPLATES, "dataset_card.md.j2")
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,10 @@ class Templates:
             raise UsageError(f"--prompts: {self.folder / name} failed to render: {exc}") from None
 
 
-def folder_hash(folder: Path, patterns: tuple[str, ...]) -> str:
-    """Content hash of the files of a folder (names and bytes), to record exactly what was used."""
+def files_hash(paths: list[Path]) -> str:
+    """Content hash of files (names and bytes), to record exactly what a build used."""
     digest = hashlib.sha256()
-    for pattern in patterns:
-        for path in sorted(folder.glob(pattern)):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -20,7 +20,8 @@ from ssogen.chat import ChatFormat
 from ssogen.config import BuildConfig
 from ssogen.engine import Engine, EngineSettings, Request
 from ssogen.errors import UsageError
-from ssogen.library import Feature, Templates, folder_hash, load_library, resource_dir
+from ssogen.export import export_folder
+from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
 from ssogen.models import ModelRef, resolve_model
 from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query, QuerySet, load_queries
@@ -59,6 +60,7 @@ class BuildSummary:
     score_seconds: float = 0.0
     engine_start_seconds: float = 0.0
     wall_seconds: float = 0.0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -130,8 +132,8 @@ def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> 
         "principle_max_tokens": config.principle_max_tokens,
         "max_model_len": config.max_model_len,
         "dtype": config.dtype,
-        "principles_hash": folder_hash(principles, ("*.yaml", "*.yml")),
-        "prompts_hash": folder_hash(templates.folder, ("*.j2",)),
+        "principles_hash": files_hash([*principles.glob("*.yaml"), *principles.glob("*.yml")]),
+        "prompts_hash": files_hash([templates.folder / name for name in GENERATION_TEMPLATES]),
     }
     return {"ssogen_version": __version__, "run": fingerprint, "settings": values}
 
@@ -169,8 +171,18 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
             summary.score_seconds = engine.stats.score_seconds
 
     kept, dropped = plan.folder.split_chunks([q.prompt_id for q in all_queries])
-    plan.folder.write_config("sso", "train", kept)
-    plan.folder.write_config("dropped", "train", dropped)
+    summary.counts = export_folder(
+        plan.folder,
+        kept,
+        dropped,
+        templates=plan.templates,
+        settings=plan.settings,
+        seed=config.seed,
+        test_size=config.test_size,
+        license=config.license,
+        repo_id=config.push_to_hub,
+        parent=config.parent,
+    )
     summary.kept = kept.num_rows
     summary.dropped = Counter(dropped.column("reason").to_pylist())
     weights = kept.column("weight").to_pylist()

@@ -135,7 +135,9 @@ def push_folder(
 def _local_files(folder: Path) -> list[str]:
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     # Same exclusions as upload_folder (.git, huggingface_hub's local cache folders).
-    return list(filter_repo_objects(paths, ignore_patterns=DEFAULT_IGNORE_PATTERNS))
+    # .ssogen/ holds a build's resumable working state (chunks), not part of the dataset.
+    ignore = [*DEFAULT_IGNORE_PATTERNS, ".ssogen/*"]
+    return list(filter_repo_objects(paths, ignore_patterns=ignore))
 
 
 def _known_token() -> str | None:

@@ -45,6 +45,30 @@ def tokenizer(bundled_model):
     return AutoTokenizer.from_pretrained(bundled_model.path)
 
 
+@pytest.fixture(scope="session")
+def built_run(tmp_path_factory, shared_data):
+    """One real CLI build of 8 shared queries in chunks of 4, shared by the tests that read a built folder."""
+    out = tmp_path_factory.mktemp("build") / "out"
+    result = run_cli(
+        "build",
+        "--queries", str(shared_data / "user_oriented_instructions.jsonl"),
+        "--limit", "8",
+        "--max-new-tokens", "96",
+        "--chunk-size", "4",
+        "--test-size", "0.25",
+        "--enforce-eager",
+        "--output", str(out),
+        env={"HF_TOKEN": "hf_" + "Z" * 34},  # must never reach the folder (tests/test_views.py)
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def built_folder(built_run) -> Path:
+    return built_run[0]
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900):
     """Run `python -m ssogen ...` as a user would, in its own process."""
     import subprocess

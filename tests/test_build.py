@@ -11,29 +11,11 @@ from ssogen.config import BuildConfig
 from ssogen.library import load_library
 from ssogen.scoring import weight
 from ssogen.store import RECORD_SCHEMA
-from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, shared_data):
-    """One CLI build of 8 shared queries, as a user would run it."""
-    out = tmp_path_factory.mktemp("build") / "out"
-    result = run_cli(
-        "build",
-        "--queries",
-        str(shared_data / "user_oriented_instructions.jsonl"),
-        "--limit",
-        "8",
-        "--max-new-tokens",
-        "96",
-        "--chunk-size",
-        "4",
-        "--enforce-eager",
-        "--output",
-        str(out),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+def built(built_run):
+    return built_run
 
 
 def test_build_exits_cleanly_and_logs_chunks_and_a_summary(built):
@@ -46,8 +28,13 @@ def test_build_exits_cleanly_and_logs_chunks_and_a_summary(built):
 
 def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
     out, _ = built
-    kept = pd.read_parquet(out / "data/sso/train-00000-of-00001.parquet")
-    dropped = pd.read_parquet(out / "data/dropped/train-00000-of-00001.parquet")
+    kept = pd.concat([pd.read_parquet(p) for p in (out / "data/sso").glob("*.parquet")])
+    dropped_files = list((out / "data/dropped").glob("*.parquet"))
+    dropped = (
+        pd.concat([pd.read_parquet(p) for p in dropped_files])
+        if dropped_files
+        else pd.DataFrame(columns=["prompt_id", "reason"])
+    )
     ids = list(kept.prompt_id) + list(dropped.prompt_id)
     assert len(ids) == 8 and len(set(ids)) == 8
     assert set(dropped.reason) <= {
@@ -64,7 +51,7 @@ def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
 
 def test_kept_records_are_complete_and_consistent(built):
     out, _ = built
-    kept = pd.read_parquet(out / "data/sso/train-00000-of-00001.parquet")
+    kept = pd.concat([pd.read_parquet(p) for p in (out / "data/sso").glob("*.parquet")])
     assert len(kept) >= 1
     assert list(kept.columns) == RECORD_SCHEMA.names
     library = {f.name for f in load_library(None)}

@@ -290,3 +290,43 @@ def test_malformed_repo_ids_raise_usage_error_naming_push_to_hub(repo_id: str, t
 
 def test_valid_repo_id_is_returned_unchanged() -> None:
     assert validate_repo_id("my-org/sso.prefs_v2") == "my-org/sso.prefs_v2"
+
+
+def test_cli_push_publishes_a_built_folder_and_datasets_loads_it_from_the_hub(
+    hub: Hub, built_folder: Path, tmp_path: Path
+) -> None:
+    """`ssogen push` (its own process, HF_ENDPOINT + HF_TOKEN as a user sets them) then `load_dataset(id)`."""
+    from tests.conftest import run_cli
+
+    before = digests(built_folder)
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    result = run_cli("push", str(built_folder), REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert TOKEN not in result.stderr + result.stdout
+
+    meta = hub.meta()
+    expected = {p: b for p, b in local_files(built_folder).items() if not p.startswith(".ssogen/")}
+    assert without_gitattributes(hub.files(meta["tags"]["round-0"])) == expected
+    assert digests(built_folder) == before
+
+    code = (
+        "import sys; from datasets import load_dataset; "
+        f"d = load_dataset({REPO!r}, 'dpo', split='train', cache_dir=sys.argv[1]); print(len(d), d.column_names)"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "hf-cache")],
+        capture_output=True, text=True, timeout=300, env={**__import__("os").environ, **env},
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    rows, columns = loaded.stdout.strip().split(" ", 1)
+    local_rows = sum(len(pd.read_parquet(p)) for p in (built_folder / "data" / "dpo").glob("train-*.parquet"))
+    assert int(rows) == local_rows and "chosen" in columns
+
+
+def test_cli_push_of_a_folder_that_is_not_a_build_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli("push", str(tmp_path), REPO)
+    assert result.returncode == 1 and "ssogen build" in result.stderr
+    bad = run_cli("push", str(tmp_path), "not-a-repo-id")
+    assert bad.returncode == 2 and "ORG/NAME" in bad.stderr

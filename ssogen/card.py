@@ -1,0 +1,131 @@
+"""The dataset card: summary figures of a build and the README.md rendered from ``dataset_card.md.j2``.
+
+Owns: the numbers a reader needs to trust the data (counts per config and split, drop reasons, feature
+frequencies, W and π̃ summaries, lengths per role, truncation) and the card's YAML front matter that the
+Hub and `datasets` read (configs with data_files, license, task categories, tags, size category).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from ssogen.library import Templates
+
+ROLES = ("chosen", "rejected", "original")
+PAPER = "https://arxiv.org/abs/2410.17131"
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        # Linear interpolation between closest ranks, as numpy's default.
+        pos = p * (len(ordered) - 1)
+        low = int(pos)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+    return {
+        "min": ordered[0],
+        "p25": q(0.25),
+        "median": q(0.5),
+        "p75": q(0.75),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
+
+
+def summarize(records: pa.Table, dropped: pa.Table) -> dict[str, Any]:
+    """Summary figures of the kept records and the dropped queries."""
+    rows = records.to_pylist()
+    features = Counter(name for row in rows for name in row["features"])
+    pi = {role: [r[f"logp_{role}"] for r in rows] for role in ROLES}
+    return {
+        "kept": len(rows),
+        "dropped": dropped.num_rows,
+        "drop_reasons": dict(Counter(dropped.column("reason").to_pylist()).most_common()),
+        "features": dict(features.most_common()),
+        "weight": _quantiles([r["weight"] for r in rows]),
+        "pi": {role: _quantiles(values) for role, values in pi.items()},
+        "pi_gap": _quantiles([c - r for c, r in zip(pi["chosen"], pi["rejected"], strict=True)]),
+        "tokens": {role: _quantiles([float(r[f"tokens_{role}"]) for r in rows]) for role in ROLES},
+        "truncated_share": (sum(r["truncated"] for r in rows) / len(rows)) if rows else 0.0,
+    }
+
+
+def size_category(n: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return label
+    return "1M<n<10M"
+
+
+def front_matter(splits: dict[str, list[str]], kept: int, license: str, default_config: str = "dpo") -> str:
+    """The card's YAML header: one config per view, each split's parquet files."""
+    configs = []
+    for name, names in splits.items():
+        entry: dict[str, Any] = {
+            "config_name": name,
+            "data_files": [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in names],
+        }
+        if name == default_config:
+            entry["default"] = True
+        configs.append(entry)
+    header = {
+        "license": license,
+        "task_categories": ["text-generation"],
+        "language": ["en"],
+        "tags": ["sso", "dpo", "preference", "synthetic", "ssogen"],
+        "size_categories": [size_category(kept)],
+        "configs": configs,
+    }
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
+
+
+def _short(text: str, limit: int = 280) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_card(
+    templates: Templates,
+    *,
+    records: pa.Table,
+    dropped: pa.Table,
+    counts: dict[str, dict[str, int]],
+    settings: dict[str, Any],
+    repo_id: str | None,
+    parent: str | None,
+    license: str,
+) -> str:
+    """The README.md of the dataset folder."""
+    summary = summarize(records, dropped)
+    examples = [
+        {
+            "prompt": _short(r["prompt"], 200),
+            "features": ", ".join(r["features"]),
+            **{role: _short(r[role]) for role in ROLES},
+            "weight": r["weight"],
+        }
+        for r in records.slice(0, 3).to_pylist()
+    ]
+    header = front_matter({name: list(splits) for name, splits in counts.items()}, summary["kept"], license)
+    body = templates.render(
+        "dataset_card.md.j2",
+        summary=summary,
+        counts=counts,
+        examples=examples,
+        run=settings.get("run", {}),
+        settings_yaml=yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip(),
+        repo_id=repo_id or "path/to/this/folder",
+        parent=parent,
+        paper=PAPER,
+        version=settings.get("ssogen_version", ""),
+    )
+    return f"---\n{header}---\n\n{body}\n"

@@ -1,0 +1,170 @@
+"""Turn `sso` records into the dataset configs trainers read, each with an explicit schema.
+
+Owns the column layout of every exported config:
+    sso            the full record
+    dpo            TRL conversational preference: prompt=[user], chosen=[assistant y+], rejected=[assistant y-]
+    steer_pos      prompt=[system p+, user], chosen y+, rejected y-        (steering pair 1)
+    steer_neg      prompt=[system p-, user], chosen y°, rejected y+        (steering pair 2)
+    reward         chosen / rejected as whole conversations (user + assistant), for reward-model trainers
+    sso_reference  the paper authors' trainer layout: instruction, system, p_system, n_system, chosen, rejected, raw
+    dropped        prompt_id, reason (and the prompt and features)
+and the seeded train/test split, which is decided per query so every view splits the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from ssogen.steer import derive_seed
+from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA
+
+Row = dict[str, Any]
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+_CONVERSATION = pa.list_(_MESSAGE)
+PREFERENCE_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", _CONVERSATION),
+        ("chosen", _CONVERSATION),
+        ("rejected", _CONVERSATION),
+        ("weight", pa.float64()),
+    ]
+)
+REWARD_SCHEMA = pa.schema(
+    [("prompt_id", pa.string()), ("chosen", _CONVERSATION), ("rejected", _CONVERSATION), ("weight", pa.float64())]
+)
+REFERENCE_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("instruction", pa.string()),
+        ("system", pa.string()),
+        ("p_system", pa.string()),
+        ("n_system", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("raw", pa.string()),
+        ("weight", pa.float64()),
+    ]
+)
+
+
+def _turns(row: Row) -> list[Row]:
+    return [*map(dict, row["context"] or []), {"role": "user", "content": row["prompt"]}]
+
+
+def _assistant(text: str) -> list[Row]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _pair(row: Row, system: str | None, chosen: str, rejected: str) -> Row:
+    prompt = ([{"role": "system", "content": system}] if system else []) + _turns(row)
+    return {
+        "prompt_id": row["prompt_id"],
+        "prompt": prompt,
+        "chosen": _assistant(row[chosen]),
+        "rejected": _assistant(row[rejected]),
+        "weight": row["weight"],
+    }
+
+
+def dpo_row(row: Row) -> Row:
+    return _pair(row, None, "chosen", "rejected")
+
+
+def steer_pos_row(row: Row) -> Row:
+    return _pair(row, row["system_pos"], "chosen", "rejected")
+
+
+def steer_neg_row(row: Row) -> Row:
+    # The original answer, not y-, is preferred under p-: p- must not become a backdoor (SSO.md).
+    return _pair(row, row["system_neg"], "original", "chosen")
+
+
+def reward_row(row: Row) -> Row:
+    return {
+        "prompt_id": row["prompt_id"],
+        "chosen": _turns(row) + _assistant(row["chosen"]),
+        "rejected": _turns(row) + _assistant(row["rejected"]),
+        "weight": row["weight"],
+    }
+
+
+def reference_row(row: Row) -> Row:
+    history = "".join(f"{m['role']}: {m['content']}\n\n" for m in row["context"] or [])
+    return {
+        "prompt_id": row["prompt_id"],
+        "instruction": history + row["prompt"],
+        "system": "",
+        "p_system": row["system_pos"],
+        "n_system": row["system_neg"],
+        "chosen": row["chosen"],
+        "rejected": row["rejected"],
+        "raw": row["original"],
+        "weight": row["weight"],
+    }
+
+
+# config name -> (row builder, schema); the order is the order of the card and of dataset_info.
+VIEWS: dict[str, tuple[Callable[[Row], Row] | None, pa.Schema]] = {
+    "sso": (None, RECORD_SCHEMA),
+    "dpo": (dpo_row, PREFERENCE_SCHEMA),
+    "steer_pos": (steer_pos_row, PREFERENCE_SCHEMA),
+    "steer_neg": (steer_neg_row, PREFERENCE_SCHEMA),
+    "reward": (reward_row, REWARD_SCHEMA),
+    "sso_reference": (reference_row, REFERENCE_SCHEMA),
+}
+
+
+def split_of(prompt_id: str, seed: int, test_size: float) -> str:
+    """'test' for a seeded fraction of queries, decided per query (stable across resumes, shards and merges)."""
+    draw = derive_seed(seed, prompt_id, "split") / 0x7FFFFFFF
+    return "test" if draw < test_size else "train"
+
+
+def build_views(records: pa.Table, dropped: pa.Table, seed: int, test_size: float) -> dict[str, dict[str, pa.Table]]:
+    """{config: {split: table}} for every non-empty view and split; `dropped` has only a train split."""
+    rows = records.to_pylist()
+    splits: dict[str, list[Row]] = {"train": [], "test": []}
+    for row in rows:
+        splits[split_of(row["prompt_id"], seed, test_size)].append(row)
+    # `datasets` cannot load a split from a Parquet file without rows, so empty splits (a tiny run's test
+    # split, `dropped` when nothing was dropped) and empty configs are left out.
+    views: dict[str, dict[str, pa.Table]] = {}
+    for name, (make_row, schema) in VIEWS.items():
+        tables = {
+            split: pa.Table.from_pylist(
+                split_rows if make_row is None else [make_row(r) for r in split_rows], schema=schema
+            )
+            for split, split_rows in splits.items()
+            if split_rows
+        }
+        if tables:
+            views[name] = tables
+    if dropped.num_rows:
+        views["dropped"] = {"train": dropped.cast(DROPPED_SCHEMA)}
+    return views
+
+
+def llamafactory_dataset_info(name: str = "ssogen_sso") -> dict[str, Any]:
+    """A LLaMA-Factory ``dataset_info.json`` entry for the sso_reference config (ranking data, alpaca layout)."""
+    return {
+        name: {
+            "file_name": "data/sso_reference/train-00000-of-00001.parquet",
+            "formatting": "alpaca",
+            "ranking": True,
+            "columns": {
+                "prompt": "instruction",
+                "system": "system",
+                "chosen": "chosen",
+                "rejected": "rejected",
+                # Read by the SSO authors' trainer for the steering losses; ignored by stock LLaMA-Factory.
+                "p_system": "p_system",
+                "n_system": "n_system",
+                "raw": "raw",
+            },
+        }
+    }

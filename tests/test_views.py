@@ -1,0 +1,154 @@
+"""The exported folder: every view loads with `datasets`, splits agree across views, the card, no secrets."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pytest
+from datasets import load_dataset
+
+from ssogen.config import BuildConfig
+from ssogen.export import export_folder
+from ssogen.library import Templates
+from ssogen.models import ModelRef
+from ssogen.pipeline import run_settings
+from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, OutputFolder
+from ssogen.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
+
+FAKE_TOKEN = "hf_" + "Z" * 34
+
+
+def record(i: int, context: list[dict] | None = None) -> dict:
+    return {
+        "prompt_id": f"{i:016x}",
+        "prompt": f"question {i}",
+        "context": context or [],
+        "features": ["Safety", "Accuracy"],
+        "principle_source": "library",
+        "system_pos": "be good",
+        "system_neg": "be bad",
+        "chosen": f"good {i}",
+        "rejected": f"bad {i}",
+        "original": f"plain {i}",
+        **{f"logp_{r}": -1.0 - i / 10 for r in ("chosen", "rejected", "original")},
+        **{f"tokens_{r}": 3 + i for r in ("chosen", "rejected", "original")},
+        **{f"finish_{r}": "stop" for r in ("chosen", "rejected", "original")},
+        "truncated": False,
+        "weight": 0.7,
+        "alpha": 0.5,
+        "model": "m",
+        "round": 0,
+    }
+
+
+def export(tmp_path, rows, dropped_rows=(), test_size=0.3):
+    folder = OutputFolder(tmp_path)
+    records = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
+    dropped = pa.Table.from_pylist(list(dropped_rows), schema=DROPPED_SCHEMA)
+    settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))
+    counts = export_folder(
+        folder, records, dropped, templates=Templates(None), settings=settings, seed=0, test_size=test_size
+    )
+    return counts
+
+
+def test_each_view_maps_the_record_to_its_pair():
+    row = record(1, context=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+    turns = [*row["context"], {"role": "user", "content": "question 1"}]
+    assert dpo_row(row)["prompt"] == turns
+    assert dpo_row(row)["chosen"] == [{"role": "assistant", "content": "good 1"}]
+    assert dpo_row(row)["rejected"] == [{"role": "assistant", "content": "bad 1"}]
+    assert steer_pos_row(row)["prompt"][0] == {"role": "system", "content": "be good"}
+    neg = steer_neg_row(row)
+    assert neg["prompt"][0] == {"role": "system", "content": "be bad"}
+    assert (neg["chosen"][0]["content"], neg["rejected"][0]["content"]) == ("plain 1", "good 1")
+    assert reward_row(row)["chosen"] == [*turns, {"role": "assistant", "content": "good 1"}]
+    ref = reference_row(row)
+    assert (ref["system"], ref["p_system"], ref["n_system"], ref["raw"]) == ("", "be good", "be bad", "plain 1")
+
+
+def test_split_is_seeded_and_decided_per_query():
+    ids = [f"{i:016x}" for i in range(2000)]
+    share = sum(split_of(i, 0, 0.05) == "test" for i in ids) / len(ids)
+    assert 0.03 < share < 0.07
+    assert [split_of(i, 0, 0.05) for i in ids] == [split_of(i, 0, 0.05) for i in ids]
+    assert [split_of(i, 0, 0.05) for i in ids] != [split_of(i, 1, 0.05) for i in ids]
+
+
+def test_every_config_of_a_real_build_loads_with_datasets(built_folder):
+    card = (built_folder / "README.md").read_text()
+    names = re.findall(r"config_name: (\w+)", card)
+    assert set(VIEWS) <= set(names)
+    for name in names:
+        dataset = load_dataset(str(built_folder), name)
+        assert sum(len(split) for split in dataset.values()) > 0
+        assert "prompt_id" in dataset["train"].column_names
+
+
+def test_all_views_put_the_same_queries_in_test(built_folder):
+    test_ids = {}
+    for name in VIEWS:
+        files = list((built_folder / "data" / name).glob("test-*.parquet"))
+        test_ids[name] = (
+            set(pa.concat_tables([pa.parquet.read_table(f) for f in files])["prompt_id"].to_pylist())
+            if files
+            else set()
+        )
+    assert len({frozenset(v) for v in test_ids.values()}) == 1
+
+
+def test_column_types_are_stable_across_runs(tmp_path):
+    first = export(tmp_path / "a", [record(i) for i in range(6)])
+    second = export(tmp_path / "b", [record(i, [{"role": "user", "content": "x"}]) for i in range(10, 13)])
+    assert set(first) == set(second)
+    for name in VIEWS:
+        features_a = load_dataset(str(tmp_path / "a"), name, split="train").features
+        features_b = load_dataset(str(tmp_path / "b"), name, split="train").features
+        assert features_a == features_b, name
+
+
+def test_card_of_a_run_without_drops(tmp_path):
+    counts = export(tmp_path, [record(i) for i in range(4)], test_size=0.0)
+    card = (tmp_path / "README.md").read_text()
+    assert "dropped" not in counts and "config_name: dropped" not in card
+    assert "No query was dropped." in card
+    assert card.startswith("---\n") and "task_categories:" in card and "size_categories:" in card
+    assert card.count("**Query:**") == 3
+    assert "DPOTrainer" in card and "RewardTrainer" in card
+
+
+def test_card_of_a_run_with_drops_lists_the_reasons(tmp_path):
+    dropped = [
+        {"prompt_id": "d1", "prompt": "q", "reason": "chosen_equals_rejected", "features": []},
+        {"prompt_id": "d2", "prompt": "q2", "reason": "chosen_equals_rejected", "features": []},
+        {"prompt_id": "d3", "prompt": "", "reason": "empty_query", "features": []},
+    ]
+    counts = export(tmp_path, [record(i) for i in range(3)], dropped, test_size=0.0)
+    card = (tmp_path / "README.md").read_text()
+    assert counts["dropped"] == {"train": 3}
+    assert "| chosen_equals_rejected | 2 |" in card and "| empty_query | 1 |" in card
+    assert load_dataset(str(tmp_path), "dropped", split="train")["reason"].count("empty_query") == 1
+
+
+def test_dataset_info_points_llamafactory_at_the_reference_view(built_folder):
+    info = json.loads((built_folder / "dataset_info.json").read_text())
+    (entry,) = info.values()
+    assert (built_folder / entry["file_name"]).is_file()
+    assert entry["ranking"] is True and entry["columns"]["prompt"] == "instruction"
+
+
+def test_no_token_shaped_string_is_written_anywhere(built_folder):
+    for path in built_folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert FAKE_TOKEN.encode() not in data, path
+            assert not re.search(rb"hf_[A-Za-z0-9]{30,}", data), path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _offline():
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
