@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import types
 import typing
@@ -98,15 +99,18 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from ssogen.engine import EngineError
     from ssogen.pipeline import build
 
     config = build_config(args)
+    resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
     try:
         summary = build(config, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        logger.error("interrupted: finished chunks are kept in %s", config.output)
-        logger.error("to resume, run the same command again")
+        print(f"interrupted: {resume}", file=sys.stderr)
         return 130
+    except EngineError as exc:
+        raise EngineError(f"{exc}\n{resume}") from exc
     for line in summary.lines():
         logger.info("%s", line)
     logger.info("wrote %s", config.output)
@@ -148,9 +152,15 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    # A pre-empted job gets SIGTERM: stop as on Ctrl-C, keeping every finished chunk.
+    signal.signal(signal.SIGTERM, _interrupt)
     handlers = {"build": _cmd_build, "push": _cmd_push}
     try:
         return handlers[args.command](args)

@@ -83,7 +83,8 @@ class BuildConfig:
     max_model_len: int = _setting(4096, "Context length (prompt + answer) the engine reserves per sequence.")
     tensor_parallel_size: int = _setting(1, "GPUs per engine (tensor parallelism).")
     gpu_memory_utilization: float | None = _setting(
-        None, "Fraction of device memory for vLLM (of CPU RAM on CPU); default 0.9 on GPU, 0.5 on CPU."
+        None,
+        "Fraction of device memory for vLLM (on CPU: of RAM, and it must be free at start); 0.9 on GPU, 0.2 on CPU.",
     )
     enforce_eager: bool = _setting(False, "Skip graph compilation: faster start, slower steps.")
     enable_prefix_caching: bool = _setting(True, "Reuse KV cache across prompts sharing a prefix.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,6 +24,11 @@ from typing import Any
 from ssogen.errors import SsogenError
 
 logger = logging.getLogger(__name__)
+
+# On CPU, vLLM reserves this fraction of the machine's RAM for weights and KV cache, and refuses to start
+# unless that much is free. A fifth (about 4-5 GiB here) holds a small model with room for hundreds of
+# sequences, and lets two engines (a test session's and a build's) start side by side.
+CPU_MEMORY_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class EngineStats:
     generated_tokens: int = 0
     scored_tokens: int = 0
     calls: list[str] = field(default_factory=list)
+    tokens_by_call: Counter[str] = field(default_factory=Counter)  # generated tokens per call description
 
 
 class EngineError(SsogenError):
@@ -93,7 +100,7 @@ class Engine:
             dtype=settings.dtype,
             max_model_len=settings.max_model_len,
             tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization or (0.5 if self.on_cpu else 0.9),
+            gpu_memory_utilization=settings.gpu_memory_utilization or (CPU_MEMORY_FRACTION if self.on_cpu else 0.9),
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
             trust_remote_code=settings.trust_remote_code,
@@ -138,6 +145,7 @@ class Engine:
                 Completion(text=best.text, token_ids=list(best.token_ids), finish_reason=best.finish_reason or "")
             )
             self.stats.generated_tokens += len(best.token_ids)
+            self.stats.tokens_by_call[desc] += len(best.token_ids)
         self.stats.calls.append(f"{desc}:{len(requests)}")
         return completions
 

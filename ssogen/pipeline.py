@@ -18,7 +18,7 @@ from typing import Any
 from ssogen import __version__
 from ssogen.chat import ChatFormat
 from ssogen.config import BuildConfig
-from ssogen.engine import Engine, EngineSettings, Request
+from ssogen.engine import Completion, Engine, EngineSettings, Request
 from ssogen.errors import UsageError
 from ssogen.export import export_folder
 from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
@@ -27,6 +27,7 @@ from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query, QuerySet, load_queries
 from ssogen.steer import (
     ROLES,
+    Principles,
     choose_features,
     derive_seed,
     drop_reason,
@@ -43,6 +44,8 @@ from ssogen.steer import (
 from ssogen.store import OutputFolder
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_CALL = "sample y+ y- y°"  # the engine call of stage 4, named in progress bars and engine stats
 
 
 @dataclass
@@ -89,6 +92,7 @@ class Plan:
     queries: QuerySet
     folder: OutputFolder
     settings: dict[str, Any]
+    chat: ChatFormat
 
 
 def plan_build(config: BuildConfig) -> Plan:
@@ -106,7 +110,18 @@ def plan_build(config: BuildConfig) -> Plan:
     model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     folder = OutputFolder(config.output)
     settings = run_settings(config, model, templates)
-    return Plan(config, model, library, templates, queries, folder, settings)
+    chat = ChatFormat(load_tokenizer(model, trust_remote_code=config.trust_remote_code))
+    return Plan(config, model, library, templates, queries, folder, settings, chat)
+
+
+def load_tokenizer(model: ModelRef, *, trust_remote_code: bool) -> Any:
+    """The model's tokenizer, loaded before any engine so a model without a chat template fails fast."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model.path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise UsageError(f"--model: could not load a tokenizer from {model.path}: {exc}") from None
 
 
 def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
@@ -161,9 +176,8 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
         chunks = [todo[i : i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
         with Engine(_engine_settings(config, plan.model)) as engine:
             summary.engine_start_seconds = engine.stats.start_seconds
-            chat = ChatFormat(engine.tokenizer)
             for number, chunk in enumerate(chunks, start=1):
-                rows = run_chunk(engine, chat, plan, chunk)
+                rows = run_chunk(engine, plan, chunk)
                 plan.folder.write_chunk(plan.folder.next_chunk_index(), rows)
                 logger.info("chunk %d/%d done (%d queries)", number, len(chunks), len(chunk))
             summary.generated_tokens = engine.stats.generated_tokens
@@ -205,11 +219,25 @@ def _engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
     )
 
 
-def run_chunk(engine: Engine, chat: ChatFormat, plan: Plan, chunk: list[Query]) -> list[dict[str, Any]]:
-    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped)."""
-    config = plan.config
-    room = config.max_model_len - config.max_new_tokens
-    rows: list[dict[str, Any]] = []
+@dataclass
+class ChunkWork:
+    """A chunk after the stages that come before sampling."""
+
+    queries: list[Query]
+    features: dict[str, list[Feature]]
+    principles: dict[str, list[Principles]]
+    systems: dict[str, tuple[str, str]]  # prompt_id -> (p+, p-)
+    prompts: dict[str, dict[str, list[int]]]  # prompt_id -> role -> token ids of x+, x- and x
+    too_long: set[str]  # prompt_ids whose prompts leave no room for an answer
+
+
+def prepare_chunk(engine: Engine | None, plan: Plan, chunk: list[Query]) -> ChunkWork:
+    """Stages 1-3: select features, get principles, build the contrastive prompts.
+
+    With no engine (``--dry-run``) every prompt is still rendered and tokenised, the selection answers are
+    empty (so features are drawn at random) and principles come from the library.
+    """
+    config, chat = plan.config, plan.chat
 
     # 1. Feature selection: one call for the whole chunk.
     selection = [
@@ -219,57 +247,29 @@ def run_chunk(engine: Engine, chat: ChatFormat, plan: Plan, chunk: list[Query]) 
         for q in chunk
     ]
     fits = [len(ids) + config.selection_max_tokens <= config.max_model_len for ids in selection]
-    answers = engine.generate(
-        [
-            Request(
-                ids,
-                derive_seed(config.seed, q.prompt_id, "select"),
-                config.selection_max_tokens,
-                temperature=config.selection_temperature,
-                top_p=1.0,
-            )
-            for q, ids, ok in zip(chunk, selection, fits, strict=True)
-            if ok
-        ],
-        desc="select features",
-    )
-    answer_iter = iter(answers)
+    asks = [
+        Request(
+            ids,
+            derive_seed(config.seed, q.prompt_id, "select"),
+            config.selection_max_tokens,
+            temperature=config.selection_temperature,
+            top_p=1.0,
+        )
+        for q, ids, ok in zip(chunk, selection, fits, strict=True)
+        if ok
+    ]
+    answers = iter(engine.generate(asks, desc="select features") if engine else [])
     features: dict[str, list[Feature]] = {}
     for q, ok in zip(chunk, fits, strict=True):
-        text = next(answer_iter).text if ok else ""
+        text = next(answers).text if ok and engine else ""
         features[q.prompt_id] = choose_features(
             parse_features(text, plan.library), plan.library, config.num_features, query_rng(config.seed, q.prompt_id)
         )
 
     # 2. Principles: the library's, or query-specific ones written by the policy.
     principles = {q.prompt_id: library_principles(features[q.prompt_id]) for q in chunk}
-    if config.generate_principles:
-        asks = [
-            (
-                q,
-                chat.prompt_ids(
-                    [{"role": "user", "content": principles_prompt(plan.templates, features[q.prompt_id], q.prompt)}]
-                ),
-            )
-            for q in chunk
-        ]
-        asks = [(q, ids) for q, ids in asks if len(ids) + config.principle_max_tokens <= config.max_model_len]
-        written = engine.generate(
-            [
-                Request(
-                    ids,
-                    derive_seed(config.seed, q.prompt_id, "principles"),
-                    config.principle_max_tokens,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    json_schema=principles_schema(features[q.prompt_id]),
-                )
-                for q, ids in asks
-            ],
-            desc="write principles",
-        )
-        for (q, _), answer in zip(asks, written, strict=True):
-            principles[q.prompt_id] = parse_principles(answer.text, features[q.prompt_id])
+    if config.generate_principles and engine is not None:
+        principles.update(_write_principles(engine, plan, chunk, features))
 
     # 3. Contrastive prompts x+, x-, x through the model's chat template.
     prompts: dict[str, dict[str, list[int]]] = {}
@@ -284,38 +284,98 @@ def run_chunk(engine: Engine, chat: ChatFormat, plan: Plan, chunk: list[Query]) 
             "rejected": chat.prompt_ids(chat.with_system(neg, messages)),
             "original": chat.prompt_ids(messages),
         }
-
-    # 4. Sample y+, y-, y° of every query in one call.
+    room = config.max_model_len - config.max_new_tokens
     too_long = {pid for pid, by_role in prompts.items() if max(map(len, by_role.values())) > room}
-    sampled_queries = [q for q in chunk if q.prompt_id not in too_long]
-    requests = [
-        Request(
-            prompts[q.prompt_id][role],
-            derive_seed(config.seed, q.prompt_id, role),
-            config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-        )
-        for q in sampled_queries
-        for role in ROLES
-    ]
-    completions = engine.generate(requests, desc="sample y+ y- y°")
-    answers_by_query = {
-        q.prompt_id: dict(zip(ROLES, completions[3 * i : 3 * i + 3], strict=True))
-        for i, q in enumerate(sampled_queries)
+    return ChunkWork(list(chunk), features, principles, systems, prompts, too_long)
+
+
+def _write_principles(
+    engine: Engine, plan: Plan, chunk: list[Query], features: dict[str, list[Feature]]
+) -> dict[str, list[Principles]]:
+    """Query-specific principles as JSON (structured output), one call for the chunk."""
+    config, chat = plan.config, plan.chat
+    asks = []
+    for q in chunk:
+        text = principles_prompt(plan.templates, features[q.prompt_id], q.prompt)
+        ids = chat.prompt_ids([{"role": "user", "content": text}])
+        if len(ids) + config.principle_max_tokens <= config.max_model_len:
+            asks.append((q, ids))
+    written = engine.generate(
+        [
+            Request(
+                ids,
+                derive_seed(config.seed, q.prompt_id, "principles"),
+                config.principle_max_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                json_schema=principles_schema(features[q.prompt_id]),
+            )
+            for q, ids in asks
+        ],
+        desc="write principles",
+    )
+    return {
+        q.prompt_id: parse_principles(answer.text, features[q.prompt_id])
+        for (q, _), answer in zip(asks, written, strict=True)
     }
 
-    # 5. Clean and filter.
+
+def sampling_requests(plan: Plan, work: ChunkWork) -> list[tuple[str, str, Request]]:
+    """Stage 4's requests: (prompt_id, role, request) for y+, y- and y° of every query that fits."""
+    config = plan.config
+    return [
+        (
+            q.prompt_id,
+            role,
+            Request(
+                work.prompts[q.prompt_id][role],
+                derive_seed(config.seed, q.prompt_id, role),
+                config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+            ),
+        )
+        for q in work.queries
+        if q.prompt_id not in work.too_long
+        for role in ROLES
+    ]
+
+
+def run_chunk(
+    engine: Engine, plan: Plan, chunk: list[Query], trace: list[Request] | None = None
+) -> list[dict[str, Any]]:
+    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped).
+
+    ``trace``, when given, receives the sampling requests (the benchmark replays them).
+    """
+    work = prepare_chunk(engine, plan, chunk)
+    requests = sampling_requests(plan, work)
+    if trace is not None:
+        trace.extend(request for *_, request in requests)
+    # 4. Sample y+, y-, y° of every query in one call.
+    completions = engine.generate([request for *_, request in requests], desc=SAMPLE_CALL)
+    answers: dict[str, dict[str, Completion]] = {}
+    for (prompt_id, role, _), completion in zip(requests, completions, strict=True):
+        answers.setdefault(prompt_id, {})[role] = completion
+    return finish_chunk(engine, plan, work, answers)
+
+
+def finish_chunk(
+    engine: Engine, plan: Plan, work: ChunkWork, answers: dict[str, dict[str, Completion]]
+) -> list[dict[str, Any]]:
+    """Stages 5-6: clean and filter the answers, score the kept ones under x, compute W."""
+    config, chat = plan.config, plan.chat
+    rows: list[dict[str, Any]] = []
     keep: list[Query] = []
     texts: dict[str, dict[str, str]] = {}
-    for q in chunk:
-        if q.prompt_id in too_long:
-            rows.append(_dropped_row(q, features[q.prompt_id], "prompt_too_long", plan))
+    for q in work.queries:
+        if q.prompt_id in work.too_long:
+            rows.append(_dropped_row(q, work.features[q.prompt_id], "prompt_too_long", plan))
             continue
-        texts[q.prompt_id] = {role: strip_label(answers_by_query[q.prompt_id][role].text) for role in ROLES}
+        texts[q.prompt_id] = {role: strip_label(answers[q.prompt_id][role].text) for role in ROLES}
         reason = drop_reason(*(texts[q.prompt_id][role] for role in ROLES))
         if reason:
-            rows.append(_dropped_row(q, features[q.prompt_id], reason, plan))
+            rows.append(_dropped_row(q, work.features[q.prompt_id], reason, plan))
         else:
             keep.append(q)
 
@@ -323,21 +383,21 @@ def run_chunk(engine: Engine, chat: ChatFormat, plan: Plan, chunk: list[Query]) 
     pairs = []
     for q in keep:
         for role in ROLES:
-            finished = answers_by_query[q.prompt_id][role].finish_reason == "stop"
-            pairs.append((prompts[q.prompt_id]["original"], chat.response_ids(texts[q.prompt_id][role], finished)))
+            finished = answers[q.prompt_id][role].finish_reason == "stop"
+            pairs.append((work.prompts[q.prompt_id]["original"], chat.response_ids(texts[q.prompt_id][role], finished)))
     token_logprobs = engine.score(pairs, desc="score π̃")
     for i, q in enumerate(keep):
-        done = answers_by_query[q.prompt_id]
+        done = answers[q.prompt_id]
         pi = {role: mean_logprob(token_logprobs[3 * i + j]) for j, role in enumerate(ROLES)}
         rows.append(
             {
                 "prompt_id": q.prompt_id,
                 "prompt": q.prompt,
                 "context": [dict(m) for m in q.context],
-                "features": [f.name for f in features[q.prompt_id]],
-                "principle_source": _principle_source(principles[q.prompt_id]),
-                "system_pos": systems[q.prompt_id][0],
-                "system_neg": systems[q.prompt_id][1],
+                "features": [f.name for f in work.features[q.prompt_id]],
+                "principle_source": _principle_source(work.principles[q.prompt_id]),
+                "system_pos": work.systems[q.prompt_id][0],
+                "system_neg": work.systems[q.prompt_id][1],
                 **{role: texts[q.prompt_id][role] for role in ROLES},
                 **{f"logp_{role}": pi[role] for role in ROLES},
                 **{f"tokens_{role}": len(pairs[3 * i + j][1]) for j, role in enumerate(ROLES)},

@@ -45,18 +45,18 @@ def tokenizer(bundled_model):
     return AutoTokenizer.from_pretrained(bundled_model.path)
 
 
+# The settings of the shared build (tests/test_resume.py re-runs them after a kill).
+BUILT_ARGS = ("--limit", "9", "--max-new-tokens", "96", "--chunk-size", "3", "--test-size", "0.25", "--enforce-eager")
+
+
 @pytest.fixture(scope="session")
 def built_run(tmp_path_factory, shared_data):
-    """One real CLI build of 8 shared queries in chunks of 4, shared by the tests that read a built folder."""
+    """One real CLI build of 9 shared queries in chunks of 3, shared by the tests that read a built folder."""
     out = tmp_path_factory.mktemp("build") / "out"
     result = run_cli(
         "build",
         "--queries", str(shared_data / "user_oriented_instructions.jsonl"),
-        "--limit", "8",
-        "--max-new-tokens", "96",
-        "--chunk-size", "4",
-        "--test-size", "0.25",
-        "--enforce-eager",
+        *BUILT_ARGS,
         "--output", str(out),
         env={"HF_TOKEN": "hf_" + "Z" * 34},  # must never reach the folder (tests/test_views.py)
     )  # fmt: skip

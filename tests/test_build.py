@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -21,7 +22,7 @@ def built(built_run):
 def test_build_exits_cleanly_and_logs_chunks_and_a_summary(built):
     _, result = built
     log = result.stderr
-    assert "chunk 1/2 done" in log and "chunk 2/2 done" in log
+    assert "chunk 1/3 done" in log and "chunk 3/3 done" in log
     assert "kept:" in log and "mean W:" in log and "tok/s" in log
     assert "terminate called" not in log
 
@@ -36,7 +37,7 @@ def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
         else pd.DataFrame(columns=["prompt_id", "reason"])
     )
     ids = list(kept.prompt_id) + list(dropped.prompt_id)
-    assert len(ids) == 8 and len(set(ids)) == 8
+    assert len(ids) == 9 and len(set(ids)) == 9
     assert set(dropped.reason) <= {
         "empty_chosen",
         "empty_rejected",
@@ -81,7 +82,6 @@ def test_settings_are_recorded_with_the_data(built):
 
 def test_same_seed_gives_the_same_records(engine, shared_data, tmp_path):
     """Two runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
-    from ssogen.chat import ChatFormat
     from ssogen.pipeline import plan_build, run_chunk
 
     config = BuildConfig(
@@ -92,9 +92,8 @@ def test_same_seed_gives_the_same_records(engine, shared_data, tmp_path):
         output=tmp_path / "o",
     )
     plan = plan_build(config)
-    chat = ChatFormat(engine.tokenizer)
-    first = run_chunk(engine, chat, plan, plan.queries.queries)
-    second = run_chunk(engine, chat, plan, plan.queries.queries)
+    first = run_chunk(engine, plan, plan.queries.queries)
+    second = run_chunk(engine, plan, plan.queries.queries)
     assert first == second
 
 
@@ -111,3 +110,16 @@ def test_seeded_requests_survive_long_prompts_on_cpu(engine, tokenizer):
     ]
     completions = engine.generate(requests)
     assert len(completions) == 6 and all(c.token_ids for c in completions)
+
+
+def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp_path):
+    from ssogen.pipeline import plan_build, run_chunk
+
+    path = tmp_path / "q.jsonl"
+    long_query = "please summarise: " + "lorem ipsum " * 1200
+    path.write_text(json.dumps({"prompt": long_query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
+    config = BuildConfig(queries=str(path), max_new_tokens=32, max_model_len=2048, output=tmp_path / "o")
+    plan = plan_build(config)
+    rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
+    assert rows[long_query.strip()]["drop_reason"] == "prompt_too_long"
+    assert rows["Say hi."]["drop_reason"] != "prompt_too_long"

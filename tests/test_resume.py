@@ -1,0 +1,117 @@
+"""Never lose work: a killed or interrupted build resumes to the same folder; changed settings are refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ssogen.errors import UsageError
+from ssogen.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
+from tests.conftest import BUILT_ARGS, REPO, run_cli
+
+
+def start_build(out: Path, queries: Path) -> subprocess.Popen:
+    # Its own session, so the kill reaches vLLM's engine processes too (as a node pre-emption would).
+    return subprocess.Popen(
+        [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for_chunks(out: Path, proc: subprocess.Popen, count: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((out / CHUNKS_DIR).glob("chunk-*.parquet"))) < count:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "no chunk finished in time"
+        time.sleep(0.2)
+
+
+def table(folder: Path, config: str) -> pd.DataFrame:
+    files = sorted((folder / "data" / config).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files]).sort_values("prompt_id").reset_index(drop=True)
+
+
+def test_sigkill_after_the_first_chunk_then_rerun_equals_an_uninterrupted_run(tmp_path, shared_data, built_folder):
+    queries = shared_data / "user_oriented_instructions.jsonl"
+    out = tmp_path / "out"
+    proc = start_build(out, queries)
+    wait_for_chunks(out, proc, 1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    whole = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
+    assert whole and not list((out / CHUNKS_DIR).glob(".*"))  # only whole chunks, no partial file visible
+    for chunk in whole:
+        pd.read_parquet(chunk)  # every chunk on disk is readable
+
+    rerun = run_cli("build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming:" in rerun.stderr
+
+    resumed, reference = table(out, "sso"), table(built_folder, "sso")
+    assert resumed.prompt_id.is_unique and len(resumed) + len(_dropped(out)) == 9
+    assert list(resumed.prompt_id) == list(reference.prompt_id)
+    # Same seed, same chunk composition: the CPU engine gives the same texts and scores.
+    pd.testing.assert_frame_equal(resumed, reference)
+    assert (out / "README.md").read_text() == (built_folder / "README.md").read_text().replace(
+        str(built_folder), str(out)
+    )
+
+
+def _dropped(folder: Path) -> pd.DataFrame:
+    files = list((folder / "data" / "dropped").glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=["prompt_id"])
+
+
+def test_sigint_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, shared_data):
+    out = tmp_path / "out"
+    proc = start_build(out, shared_data / "user_oriented_instructions.jsonl")
+    wait_for_chunks(out, proc, 1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "run the same command again to resume" in stderr
+    chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
+    assert chunks and all(len(pd.read_parquet(c)) == 3 for c in chunks)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_what_changed(built_folder, shared_data):
+    before = {p: p.stat().st_mtime for p in built_folder.rglob("*")}
+    result = run_cli(
+        "build", "--queries", str(shared_data / "user_oriented_instructions.jsonl"), *BUILT_ARGS,
+        "--seed", "5", "--alpha", "0.3", "--output", str(built_folder),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "seed: 0 -> 5" in result.stderr and "alpha: 0.5 -> 0.3" in result.stderr
+    assert "--overwrite" in result.stderr
+    assert {p: p.stat().st_mtime for p in built_folder.rglob("*")} == before
+
+
+def test_overwrite_starts_a_build_folder_afresh(tmp_path):
+    settings = {"run": {"seed": 0}, "settings": {}}
+    folder = OutputFolder(tmp_path / "out")
+    folder.prepare(settings, overwrite=False)
+    folder.write_chunk(0, [])
+    with pytest.raises(UsageError, match="seed: 0 -> 1"):
+        folder.prepare({"run": {"seed": 1}, "settings": {}}, overwrite=False)
+    folder.prepare({"run": {"seed": 1}, "settings": {}}, overwrite=True)
+    assert folder.chunk_files() == []
+    assert yaml.safe_load((tmp_path / "out" / SETTINGS_FILE).read_text())["run"] == {"seed": 1}
+
+
+def test_overwrite_never_deletes_a_folder_ssogen_did_not_build(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty"):
+        OutputFolder(tmp_path).prepare({"run": {}, "settings": {}}, overwrite=True)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
