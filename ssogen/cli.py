@@ -19,7 +19,7 @@ from typing import Any
 
 from ssogen import __version__
 from ssogen.config import BuildConfig, flag, load_yaml_settings
-from ssogen.errors import SsogenError
+from ssogen.errors import SsogenError, UsageError
 
 logger = logging.getLogger("ssogen")
 
@@ -45,9 +45,6 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
             )
         else:
             parser.add_argument(f"--{flag(f.name)}", type=kind, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument(
-        "--overwrite", action="store_true", help="Delete an earlier build in --output and start afresh."
-    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -65,6 +62,27 @@ def make_parser() -> argparse.ArgumentParser:
         "build", parents=[common], help="Generate an SSO dataset (no arguments: the bundled model and queries)."
     )
     _add_build_flags(build)
+    build.add_argument("--overwrite", action="store_true", help="Delete an earlier build in --output and start afresh.")
+    build.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Render and tokenise every prompt without an engine; write nothing; report speed and memory.",
+    )
+
+    merge = commands.add_parser("merge", parents=[common], help="Combine shard folders of one build into one dataset.")
+    merge.add_argument(
+        "folders", nargs="+", type=Path, help="Folders written by `ssogen build` (shards or partial runs)."
+    )
+    merge.add_argument("--output", type=Path, required=True, help="The merged folder.")
+    merge.add_argument("--overwrite", action="store_true", help="Replace an earlier merge in --output.")
+
+    bench = commands.add_parser(
+        "bench",
+        parents=[common],
+        help="Measure the build path against one raw engine call and the reference procedure.",
+    )
+    _add_build_flags(bench)
+    bench.add_argument("--repeats", type=int, default=1, help="Measure each run this many times; report the median.")
 
     push = commands.add_parser("push", parents=[common], help="Publish a built folder to the Hub.")
     push.add_argument("folder", type=Path, help="A folder written by `ssogen build`.")
@@ -103,6 +121,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from ssogen.pipeline import build
 
     config = build_config(args)
+    if args.dry_run:
+        from ssogen.pipeline import dry_run
+
+        print(dry_run(config).line())
+        return 0
     resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
     try:
         summary = build(config, overwrite=args.overwrite)
@@ -156,12 +179,52 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from ssogen.merge import merge
+
+    counts = merge(args.folders, args.output, overwrite=args.overwrite)
+    kept = sum(counts.get("sso", {}).values())
+    dropped = sum(counts.get("dropped", {}).values())
+    logger.info("merged %d folders into %s: kept %d, dropped %d", len(args.folders), args.output, kept, dropped)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ssogen.bench import bench_line, run_bench
+    from ssogen.engine import Engine
+    from ssogen.pipeline import engine_settings, plan_build
+
+    if args.repeats < 1:
+        raise UsageError(f"--repeats: {args.repeats} must be at least 1.")
+    config = build_config(args)
+    plan = plan_build(config)
+    with Engine(engine_settings(config, plan.model)) as engine:
+        result = run_bench(engine, plan, args.repeats, log=lambda line: print(line, flush=True))
+        start = engine.stats.start_seconds
+    for name in ("ssogen", "raw", "reference"):
+        print(
+            f"median {name:>9}: wall {result.median(name, 'wall_seconds'):7.2f}s  "
+            f"answer tokens {result.median(name, 'answer_tokens'):7.0f}  "
+            f"{result.median(name, 'tokens_per_second'):7.1f} tok/s  "
+            f"scoring {result.median(name, 'score_seconds'):5.2f}s  "
+            f"non-engine {result.median(name, 'non_engine_seconds'):5.2f}s"
+        )
+    extra = {
+        "queries": len(plan.queries.queries),
+        "max_new_tokens": config.max_new_tokens,
+        "repeats": args.repeats,
+        "engine_start_s": f"{start:.1f}",
+    }
+    print(bench_line(result.ratios(), extra), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C, keeping every finished chunk.
     signal.signal(signal.SIGTERM, _interrupt)
-    handlers = {"build": _cmd_build, "push": _cmd_push}
+    handlers = {"build": _cmd_build, "push": _cmd_push, "bench": _cmd_bench, "merge": _cmd_merge}
     try:
         return handlers[args.command](args)
     except SsogenError as exc:

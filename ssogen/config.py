@@ -48,6 +48,9 @@ class BuildConfig:
     round: int = _setting(0, "SSO training round this data is generated for (recorded in every row).")
     seed: int = _setting(0, "Run seed: feature choice and every sampled answer derive from it.")
 
+    num_shards: int = _setting(1, "Split the queries into this many shards by query id (one job per shard).")
+    shard_index: int = _setting(0, "Which shard this job builds, 0 to --num-shards minus 1.")
+
     # --- the SSO method -------------------------------------------------------------------------
     num_features: int = _setting(2, "k: features (principle pairs) steering each query.")
     generate_principles: bool = _setting(
@@ -108,6 +111,8 @@ class BuildConfig:
             (self.limit is None or self.limit >= 1, "limit", "must be at least 1 (or left out for all)"),
             (self.chunk_size >= 1, "chunk_size", "must be at least 1"),
             (0.0 <= self.test_size < 1.0, "test_size", "must be in [0, 1)"),
+            (self.num_shards >= 1, "num_shards", "must be at least 1"),
+            (0 <= self.shard_index < max(self.num_shards, 1), "shard_index", "must be in [0, --num-shards)"),
             (self.round >= 0, "round", "must be 0 or more"),
             (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),
             (self.selection_max_tokens > 0, "selection_max_tokens", "must be positive"),

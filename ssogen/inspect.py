@@ -322,10 +322,7 @@ def sections(build: Build) -> list[Section]:
     config_rows = []
     for config, counts in build.counts.items():
         known = [n for n in counts.values() if n is not None]
-        cells = [
-            MISSING if sp not in counts else ("not downloaded" if counts[sp] is None else str(counts[sp]))
-            for sp in splits
-        ]
+        cells = [_rows_cell(counts[sp]) if sp in counts else MISSING for sp in splits]
         config_rows.append([config, *cells, str(sum(known)) if known else MISSING])
     total = build.kept + s["dropped"]
     out = [
@@ -416,8 +413,8 @@ def compare_sections(a: Build, b: Build) -> list[Section]:
     config_rows = []
     for key in _ordered_keys(rows_a, rows_b):
         na, nb = rows_a.get(key, 0), rows_b.get(key, 0)
-        cell = lambda n: "not downloaded" if n is None else str(n)  # noqa: E731
-        config_rows.append([key, cell(na), cell(nb), MISSING if None in (na, nb) else f"{nb - na:+d}"])
+        delta = MISSING if na is None or nb is None else f"{nb - na:+d}"
+        config_rows.append([key, _rows_cell(na), _rows_cell(nb), delta])
 
     figures = []
     for (label, qa), (_, qb) in zip(_quantity_rows(sa), _quantity_rows(sb), strict=True):
@@ -451,6 +448,10 @@ def compare_sections(a: Build, b: Build) -> list[Section]:
         Section("W and π̃", columns, figures),
         Section("Answer lengths (tokens)", columns, lengths),
     ]
+
+
+def _rows_cell(n: int | None) -> str:
+    return "not downloaded" if n is None else str(n)
 
 
 def _ordered_keys(*mappings: dict[str, Any]) -> list[str]:
@@ -649,7 +650,8 @@ def _plot_no_drops(build: Build, path: Path) -> Path:
     ax = fig.add_subplot()
     ax.axis("off")
     ax.text(0.5, 0.6, "no drops", ha="center", va="center", fontsize=28, color="#2ca02c", weight="bold")
-    ax.text(0.5, 0.25, f"all {build.kept} queries were kept", ha="center", va="center", fontsize=12)
+    detail = f"all {build.kept} queries were kept" if build.kept else "the build holds no queries"
+    ax.text(0.5, 0.25, detail, ha="center", va="center", fontsize=12)
     return _save(fig, path)
 
 
@@ -660,8 +662,8 @@ def render_plots(build: Build, out_dir: Path, compare: Build | None = None) -> d
     when no build shown has any, so no plot is ever empty; ``drops.png`` is always written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    builds = [(build.label, build)] + ([(compare.label, compare)] if compare is not None else [])
-    if compare is not None:
+    builds = [(build.label, build)]
+    if compare is not None:  # legend labels as in the side-by-side table
         builds = list(zip(_distinct_names(build, compare), (build, compare), strict=True))
     plots: dict[str, Path] = {}
     if any(_finite(_column(b, "weight")) for _, b in builds):
@@ -721,7 +723,7 @@ def write_report(build: Build, out_dir: Path, compare: Build | None = None) -> P
         messages=messages,
         sections=sections(build),
         compare_sections=compare_sections(build, compare) if compare is not None else [],
-        compare_label=compare.label if compare is not None else None,
+        comparison=title.removeprefix("ssogen inspect: ") if compare is not None else None,
         plots=[{"file": p.name, "caption": CAPTIONS[name]} for name, p in plots.items()],
     )
     index = out_dir / "index.html"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ssogen.export import export_folder
 from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
 from ssogen.models import ModelRef, resolve_model
 from ssogen.scoring import mean_logprob, weight
-from ssogen.sources import Query, QuerySet, load_queries
+from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries
 from ssogen.steer import (
     ROLES,
     Principles,
@@ -95,8 +96,12 @@ class Plan:
     chat: ChatFormat
 
 
-def plan_build(config: BuildConfig) -> Plan:
-    """Validate settings and load every input; nothing here starts an engine or writes output."""
+def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
+    """Validate settings and load every input; nothing here starts an engine or writes output.
+
+    ``load_queries_now=False`` leaves the queries to be streamed (the dry run); they are still opened and
+    their first row checked, so a bad query file fails here.
+    """
     config.validate()
     library = load_library(config.principles)
     templates = Templates(config.prompts)
@@ -106,7 +111,13 @@ def plan_build(config: BuildConfig) -> Plan:
             f"--num-features: {config.num_features} is more than the {len(selectable)} selectable features "
             f"of the principle library; use at most {len(selectable)}."
         )
-    queries = load_queries(config.queries, config.query_column, config.limit)
+    if load_queries_now:
+        queries = load_queries(config.queries, config.query_column, config.limit)
+        if config.num_shards > 1:
+            queries = shard(queries, config.num_shards, config.shard_index)
+    else:
+        next(iter_queries(config.queries, config.query_column, limit=1))
+        queries = QuerySet(queries=[], empty=[], duplicates=0, source=config.queries or "bundled")
     model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     folder = OutputFolder(config.output)
     settings = run_settings(config, model, templates)
@@ -124,6 +135,23 @@ def load_tokenizer(model: ModelRef, *, trust_remote_code: bool) -> Any:
         raise UsageError(f"--model: could not load a tokenizer from {model.path}: {exc}") from None
 
 
+def shard_of(prompt_id: str, num_shards: int) -> int:
+    """The shard of a query: from its id alone, so N independent jobs cover every query exactly once."""
+    return int(prompt_id, 16) % num_shards
+
+
+def shard(queries: QuerySet, num_shards: int, index: int) -> QuerySet:
+    def mine(q: Query) -> bool:
+        return shard_of(q.prompt_id, num_shards) == index
+
+    return QuerySet(
+        queries=[q for q in queries.queries if mine(q)],
+        empty=[q for q in queries.empty if mine(q)],
+        duplicates=queries.duplicates,
+        source=queries.source,
+    )
+
+
 def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
     """The exact settings recorded with the dataset; the fingerprint is what a resume must match."""
     principles = config.principles or resource_dir("principles")
@@ -134,6 +162,8 @@ def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> 
         "queries": config.queries or "bundled",
         "query_column": config.query_column,
         "limit": config.limit,
+        "num_shards": config.num_shards,
+        "shard_index": config.shard_index,
         "seed": config.seed,
         "round": config.round,
         "alpha": config.alpha,
@@ -174,7 +204,7 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
 
     if todo:
         chunks = [todo[i : i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
-        with Engine(_engine_settings(config, plan.model)) as engine:
+        with Engine(engine_settings(config, plan.model)) as engine:
             summary.engine_start_seconds = engine.stats.start_seconds
             for number, chunk in enumerate(chunks, start=1):
                 rows = run_chunk(engine, plan, chunk)
@@ -205,7 +235,68 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     return summary
 
 
-def _engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
+@dataclass
+class DryRunSummary:
+    """What `build --dry-run` rendered, how fast, and the peak memory along the way."""
+
+    queries: int = 0
+    prompts: int = 0
+    prompt_tokens: int = 0
+    seconds: float = 0.0
+    peak_rss_mib: list[tuple[int, float]] = field(default_factory=list)  # (queries done, peak RSS so far)
+
+    @property
+    def queries_per_second(self) -> float:
+        return self.queries / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        peak = self.peak_rss_mib[-1][1] if self.peak_rss_mib else 0.0
+        return (
+            f"dry-run: queries={self.queries} prompts={self.prompts} prompt_tokens={self.prompt_tokens} "
+            f"queries_per_s={self.queries_per_second:.1f} peak_rss_mib={peak:.0f}"
+        )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def dry_run(config: BuildConfig) -> DryRunSummary:
+    """Render and tokenise every prompt of a build, chunk by chunk, with no engine and no output.
+
+    Queries stream from the source, so memory holds one chunk (plus the ids seen, for deduplication).
+    """
+    plan = plan_build(config, load_queries_now=False)
+    summary = DryRunSummary()
+    stats = QueryStats()
+    started = time.perf_counter()
+    milestone = 1000
+    chunk: list[Query] = []
+
+    def render(batch: list[Query]) -> None:
+        work = prepare_chunk(None, plan, batch)
+        summary.queries += len(batch)
+        summary.prompts += 4 * len(batch)  # selection, x+, x- and x
+        summary.prompt_tokens += sum(len(ids) for by_role in work.prompts.values() for ids in by_role.values())
+
+    for query in iter_queries(config.queries, config.query_column, config.limit, stats):
+        if query.prompt:
+            chunk.append(query)
+        if len(chunk) == config.chunk_size:
+            render(chunk)
+            chunk = []
+        if stats.rows >= milestone:
+            summary.peak_rss_mib.append((stats.rows, peak_rss_mib()))
+            logger.info("dry-run: %d queries rendered, peak RSS %.0f MiB", stats.rows, peak_rss_mib())
+            milestone *= 10
+    if chunk:
+        render(chunk)
+    summary.seconds = time.perf_counter() - started
+    summary.peak_rss_mib.append((stats.rows, peak_rss_mib()))
+    return summary
+
+
+def engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
     return EngineSettings(
         model=model.path,
         dtype=config.dtype,

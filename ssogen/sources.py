@@ -55,31 +55,48 @@ def prompt_id(prompt: str, context: Iterable[dict[str, str]] = ()) -> str:
     return digest[:16]
 
 
-def load_queries(source: str | None, column: str | None = None, limit: int | None = None) -> QuerySet:
-    """Read, normalise, deduplicate and (optionally) cut the queries of a run."""
+@dataclass
+class QueryStats:
+    """Counted while queries stream by."""
+
+    rows: int = 0
+    duplicates: int = 0
+
+
+def iter_queries(
+    source: str | None, column: str | None = None, limit: int | None = None, stats: QueryStats | None = None
+) -> Iterator[Query]:
+    """Stream normalised, deduplicated queries (empty ones included); memory holds only the ids seen."""
     label = source or BUNDLED
-    rows = _read_rows(source)
-    queries: list[Query] = []
-    empty: list[Query] = []
+    stats = stats if stats is not None else QueryStats()
     seen: set[str] = set()
-    duplicates = 0
     chosen_column: str | None = None
-    for number, row in rows:
+    for number, row in _read_rows(source):
         if chosen_column is None:
             chosen_column = _pick_column(row, column, label)
         query = _row_to_query(row, chosen_column, label, number)
         if query.prompt_id in seen:
-            duplicates += 1
+            stats.duplicates += 1
             continue
         seen.add(query.prompt_id)
-        (queries if query.prompt else empty).append(query)
-        if limit is not None and len(queries) + len(empty) >= limit:
-            break
-    if not queries and not empty:
+        stats.rows += 1
+        yield query
+        if limit is not None and stats.rows >= limit:
+            return
+    if stats.rows == 0:
         raise UsageError(f"--queries: {label} holds no rows; give a file with at least one query.")
-    if duplicates:
-        logger.info("%d duplicate queries in %s were removed (same prompt_id)", duplicates, label)
-    return QuerySet(queries=queries, empty=empty, duplicates=duplicates, source=label)
+
+
+def load_queries(source: str | None, column: str | None = None, limit: int | None = None) -> QuerySet:
+    """Read, normalise, deduplicate and (optionally) cut the queries of a run."""
+    stats = QueryStats()
+    queries: list[Query] = []
+    empty: list[Query] = []
+    for query in iter_queries(source, column, limit, stats):
+        (queries if query.prompt else empty).append(query)
+    if stats.duplicates:
+        logger.info("%d duplicate queries in %s were removed (same prompt_id)", stats.duplicates, source or BUNDLED)
+    return QuerySet(queries=queries, empty=empty, duplicates=stats.duplicates, source=source or BUNDLED)
 
 
 def _read_rows(source: str | None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -106,7 +123,9 @@ def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             f"--queries: {path} has an unknown format {path.suffix or '(no extension)'}; "
             f"use one of {', '.join(sorted(FILE_FORMATS))}."
         )
-    if fmt in {"jsonl", "json", "csv"}:
+    if fmt == "jsonl":
+        return _jsonl_file_rows(path)
+    if fmt in {"json", "csv"}:
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8")
@@ -116,8 +135,6 @@ def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 f"--queries: {path}, line {line}: not valid UTF-8 (byte {raw[exc.start]:#04x}); "
                 f"re-encode the file as UTF-8."
             ) from None
-    if fmt == "jsonl":
-        return _jsonl_rows(text.splitlines(), str(path))
     if fmt == "json":
         return _json_rows(text, path)
     import pandas as pd
@@ -134,8 +151,22 @@ def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     return ((i + 2 if fmt == "csv" else i + 1, row) for i, row in enumerate(frame.to_dict("records")))
 
 
-def _jsonl_rows(lines: list[str], label: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(lines, start=1):
+def _jsonl_file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Line by line, so a large file is never held in memory whole."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UsageError(
+                    f"--queries: {path}, line {number}: not valid UTF-8 (byte {raw[exc.start]:#04x}); "
+                    f"re-encode the file as UTF-8."
+                ) from None
+            yield from _jsonl_rows([line], str(path), first_number=number)
+
+
+def _jsonl_rows(lines: list[str], label: str, first_number: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(lines, start=first_number):
         if not line.strip():
             continue
         try:
