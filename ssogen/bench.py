@@ -7,7 +7,9 @@ Owns three measurements in one process on one warmed engine, over the same queri
     reference  the paper authors' procedure re-created: sequential batches of 16 queries, one
                feature-selection call, then one engine call per role per batch, no scoring.
 Throughput counts the answer tokens (y+, y-, y°) each run generated, over its wall time; the ratios are
-the point, absolute seconds mean little on a shared machine. The last line printed is
+the point, absolute seconds mean little on a shared machine. Scoring runs in the same engine stream as
+sampling (a query is scored as soon as its answers are in), so ``scoring_share`` is the scoring time that
+sampling did not hide (after the last answer finished) over the generation time. The last line printed is
 ``bench: vs_raw=… vs_reference=… raw_vs_reference=… scoring_share=… …``.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ssogen.engine import Engine, Request
 from ssogen.pipeline import SAMPLE_CALL, Plan, prepare_chunk, run_chunk, sampling_requests
@@ -139,7 +141,9 @@ def measure_reference(engine: Engine, plan: Plan) -> Measurement:
         requests = sampling_requests(plan, work)
         for role in ROLES:
             before = engine.stats.generated_tokens
-            engine.generate([r for (_, r_role, r) in requests if r_role == role], desc=f"reference {role}")
+            # The reference scores nothing, so it asks for no log-probs either.
+            batch = [replace(r, logprobs=False) for (_, r_role, r) in requests if r_role == role]
+            engine.generate(batch, desc=f"reference {role}")
             answer_tokens += _answer_tokens(engine, before)
     wall = time.perf_counter() - started
     return Measurement("reference", wall, answer_tokens, generate_seconds=engine.stats.generate_seconds - gen0)

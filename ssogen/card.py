@@ -103,6 +103,7 @@ def render_card(
     repo_id: str | None,
     parent: str | None,
     license: str,
+    plots: list[str] | None = None,
 ) -> str:
     """The README.md of the dataset folder."""
     summary = summarize(records, dropped)
@@ -127,5 +128,6 @@ def render_card(
         parent=parent,
         paper=PAPER,
         version=settings.get("ssogen_version", ""),
+        plots=plots or [],
     )
     return f"---\n{header}---\n\n{body}\n"

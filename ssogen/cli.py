@@ -69,6 +69,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="Render and tokenise every prompt without an engine; write nothing; report speed and memory.",
     )
 
+    inspect = commands.add_parser(
+        "inspect", parents=[common], help="Summarise a built folder or Hub dataset; optionally an HTML report."
+    )
+    inspect.add_argument("target", help="A folder written by `ssogen build`, or a Hub dataset id (ORG/NAME).")
+    inspect.add_argument("--report", type=Path, default=None, help="Write an HTML report with PNG plots here.")
+    inspect.add_argument("--compare", default=None, help="Another build (e.g. the previous round) to put beside it.")
+
     merge = commands.add_parser("merge", parents=[common], help="Combine shard folders of one build into one dataset.")
     merge.add_argument(
         "folders", nargs="+", type=Path, help="Folders written by `ssogen build` (shards or partial runs)."
@@ -179,6 +186,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ssogen.inspect import run_inspect
+
+    return run_inspect(args.target, args.report, args.compare)
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from ssogen.merge import merge
 
@@ -224,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C, keeping every finished chunk.
     signal.signal(signal.SIGTERM, _interrupt)
-    handlers = {"build": _cmd_build, "push": _cmd_push, "bench": _cmd_bench, "merge": _cmd_merge}
+    handlers = {
+        "build": _cmd_build,
+        "push": _cmd_push,
+        "bench": _cmd_bench,
+        "merge": _cmd_merge,
+        "inspect": _cmd_inspect,
+    }
     try:
         return handlers[args.command](args)
     except SsogenError as exc:

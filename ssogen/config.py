@@ -48,6 +48,11 @@ class BuildConfig:
     round: int = _setting(0, "SSO training round this data is generated for (recorded in every row).")
     seed: int = _setting(0, "Run seed: feature choice and every sampled answer derive from it.")
 
+    executor: str = _setting("local", "Where the engine runs: local (this process) or ray (a Ray Data actor pool).")
+    replicas: int = _setting(1, "With --executor ray: engine replicas, each with --tensor-parallel-size devices.")
+    ray_address: str | None = _setting(
+        None, "With --executor ray: the cluster to join (default: RAY_ADDRESS, else local)."
+    )
     num_shards: int = _setting(1, "Split the queries into this many shards by query id (one job per shard).")
     shard_index: int = _setting(0, "Which shard this job builds, 0 to --num-shards minus 1.")
 
@@ -76,6 +81,7 @@ class BuildConfig:
     test_size: float = _setting(0.05, "Share of queries in the test split (seeded, decided per query).")
     license: str = _setting("other", "License named in the dataset card (that of your model and queries).")
     parent: str | None = _setting(None, "Hub id of the previous round's dataset, linked from the card.")
+    card_plots: bool = _setting(False, "Embed the summary plots (W, π̃, lengths, features, drops) in the dataset card.")
     push_to_hub: str | None = _setting(None, "After the build, publish the folder to this Hub dataset (ORG/NAME).")
     private: bool = _setting(False, "Create the Hub repository as private.")
     revision: str | None = _setting(None, "Hub branch to commit to (default: main); each round is also tagged.")
@@ -91,6 +97,10 @@ class BuildConfig:
     )
     enforce_eager: bool = _setting(False, "Skip graph compilation: faster start, slower steps.")
     enable_prefix_caching: bool = _setting(True, "Reuse KV cache across prompts sharing a prefix.")
+    cpu_reserved_cores: int | None = _setting(
+        None,
+        "CPU only: cores kept free of model threads for vLLM's scheduler (default 0: every core runs the model).",
+    )
     trust_remote_code: bool = _setting(False, "Allow the model's own Python code from its repository.")
 
     def __post_init__(self) -> None:
@@ -112,6 +122,13 @@ class BuildConfig:
             (self.chunk_size >= 1, "chunk_size", "must be at least 1"),
             (0.0 <= self.test_size < 1.0, "test_size", "must be in [0, 1)"),
             (self.num_shards >= 1, "num_shards", "must be at least 1"),
+            (self.executor in {"local", "ray"}, "executor", "must be local or ray"),
+            (self.replicas >= 1, "replicas", "must be at least 1"),
+            (
+                self.cpu_reserved_cores is None or self.cpu_reserved_cores >= 0,
+                "cpu_reserved_cores",
+                "must be 0 or more",
+            ),
             (0 <= self.shard_index < max(self.num_shards, 1), "shard_index", "must be in [0, --num-shards)"),
             (self.round >= 0, "round", "must be 0 or more"),
             (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),

@@ -19,6 +19,8 @@ from ssogen.library import Templates
 from ssogen.store import OutputFolder, atomic_write_bytes
 from ssogen.views import build_views, llamafactory_dataset_info
 
+PLOTS_DIR = "plots"
+
 
 def export_folder(
     folder: OutputFolder,
@@ -32,6 +34,7 @@ def export_folder(
     license: str = "other",
     repo_id: str | None = None,
     parent: str | None = None,
+    card_plots: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Write every view, dataset_info.json and the card; returns {config: {split: rows}}."""
     views = build_views(records, dropped, seed=seed, test_size=test_size)
@@ -51,6 +54,15 @@ def export_folder(
             folder.write_config(name, split, table)
             counts[name][split] = table.num_rows
     _write_text(folder.root / "dataset_info.json", json.dumps(llamafactory_dataset_info(), indent=2) + "\n")
+    plots: list[str] = []
+    stale_plots = folder.root / PLOTS_DIR
+    if stale_plots.is_dir():
+        shutil.rmtree(stale_plots)
+    if card_plots:
+        from ssogen.inspect import load_build, render_plots
+
+        written = render_plots(load_build(str(folder.root)), folder.root / PLOTS_DIR)
+        plots = [f"{PLOTS_DIR}/{path.name}" for path in written.values()]
     card = render_card(
         templates,
         records=records,
@@ -60,6 +72,7 @@ def export_folder(
         repo_id=repo_id,
         parent=parent,
         license=license,
+        plots=plots,
     )
     _write_text(folder.root / "README.md", card)
     return counts

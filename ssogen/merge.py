@@ -18,7 +18,7 @@ from ssogen.errors import UsageError
 from ssogen.export import export_folder
 from ssogen.library import Templates
 from ssogen.sources import load_queries
-from ssogen.store import CHUNK_SCHEMA, SETTINGS_FILE, OutputFolder
+from ssogen.store import CHUNK_SCHEMA, SETTINGS_FILE, OutputFolder, fingerprint_changes
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def merge(folders: list[Path], output: Path, *, overwrite: bool = False) -> dict
         test_size=float(config.get("test_size", 0.05)),
         license=config.get("license", "other"),
         parent=config.get("parent"),
+        card_plots=bool(config.get("card_plots", False)),
     )
 
 
@@ -79,9 +80,8 @@ def _common_fingerprint(folders: list[Path], settings: list[dict[str, Any]]) -> 
     fingerprints = [{k: v for k, v in s.get("run", {}).items() if k not in SHARD_KEYS} for s in settings]
     first = fingerprints[0]
     for folder, other in zip(folders[1:], fingerprints[1:], strict=True):
-        changed = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
-        if changed:
-            detail = ", ".join(f"{k}: {first.get(k)!r} vs {other.get(k)!r}" for k in changed)
+        detail = fingerprint_changes(first, other, arrow="vs")
+        if detail:
             raise UsageError(
                 f"merge: {folders[0]} and {folder} were built with different settings ({detail}); "
                 f"only shards or partial runs of one build can be merged."

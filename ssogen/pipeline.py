@@ -13,7 +13,7 @@ import math
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ssogen import __version__
@@ -63,6 +63,7 @@ class BuildSummary:
     generate_seconds: float = 0.0
     score_seconds: float = 0.0
     engine_start_seconds: float = 0.0
+    save_seconds: float = 0.0  # writing finished chunks (the cost of being resumable)
     wall_seconds: float = 0.0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -78,7 +79,8 @@ class BuildSummary:
             f"mean W: {self.mean_weight:.4f}",
             f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
             f"({self.tokens_per_second:.1f} tok/s); scoring {self.score_seconds:.1f}s; "
-            f"engine start {self.engine_start_seconds:.1f}s; wall {self.wall_seconds:.1f}s",
+            f"engine start {self.engine_start_seconds:.1f}s; saving chunks {self.save_seconds:.2f}s; "
+            f"wall {self.wall_seconds:.1f}s",
         ]
 
 
@@ -202,13 +204,20 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
             plan.folder.next_chunk_index(), [_dropped_row(q, [], "empty_query", plan) for q in empties]
         )
 
-    if todo:
+    if todo and config.executor == "ray":
+        from ssogen.distributed import ray_chunks
+
+        total = -(-len(todo) // config.chunk_size)
+        for number, rows in enumerate(ray_chunks(config, todo), start=1):
+            summary.save_seconds += _save_chunk(plan.folder, rows)
+            logger.info("chunk %d/%d done (%d queries, ray)", number, total, len(rows))
+    elif todo:
         chunks = [todo[i : i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
         with Engine(engine_settings(config, plan.model)) as engine:
             summary.engine_start_seconds = engine.stats.start_seconds
             for number, chunk in enumerate(chunks, start=1):
                 rows = run_chunk(engine, plan, chunk)
-                plan.folder.write_chunk(plan.folder.next_chunk_index(), rows)
+                summary.save_seconds += _save_chunk(plan.folder, rows)
                 logger.info("chunk %d/%d done (%d queries)", number, len(chunks), len(chunk))
             summary.generated_tokens = engine.stats.generated_tokens
             summary.generate_seconds = engine.stats.generate_seconds
@@ -226,6 +235,7 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
         license=config.license,
         repo_id=config.push_to_hub,
         parent=config.parent,
+        card_plots=config.card_plots,
     )
     summary.kept = kept.num_rows
     summary.dropped = Counter(dropped.column("reason").to_pylist())
@@ -296,18 +306,16 @@ def dry_run(config: BuildConfig) -> DryRunSummary:
     return summary
 
 
+def _save_chunk(folder: OutputFolder, rows: list[dict[str, Any]]) -> float:
+    started = time.perf_counter()
+    folder.write_chunk(folder.next_chunk_index(), rows)
+    return time.perf_counter() - started
+
+
 def engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
-    return EngineSettings(
-        model=model.path,
-        dtype=config.dtype,
-        max_model_len=config.max_model_len,
-        tensor_parallel_size=config.tensor_parallel_size,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        enforce_eager=config.enforce_eager,
-        enable_prefix_caching=config.enable_prefix_caching,
-        trust_remote_code=config.trust_remote_code,
-        seed=config.seed,
-    )
+    """The engine's settings: every `EngineSettings` field is a `BuildConfig` field of the same name."""
+    shared = {f.name: getattr(config, f.name) for f in fields(EngineSettings) if f.name != "model"}
+    return EngineSettings(model=model.path, **shared)
 
 
 @dataclass
@@ -345,6 +353,7 @@ def prepare_chunk(engine: Engine | None, plan: Plan, chunk: list[Query]) -> Chun
             config.selection_max_tokens,
             temperature=config.selection_temperature,
             top_p=1.0,
+            stop=("\n",),  # the answer is one line of names; anything after it is never read
         )
         for q, ids, ok in zip(chunk, selection, fits, strict=True)
         if ok
@@ -424,6 +433,8 @@ def sampling_requests(plan: Plan, work: ChunkWork) -> list[tuple[str, str, Reque
                 config.max_new_tokens,
                 temperature=config.temperature,
                 top_p=config.top_p,
+                # y° is sampled under x itself, so its sampled-token log-probs are π̃'s terms: no rescoring.
+                logprobs=role == "original",
             ),
         )
         for q in work.queries
@@ -435,73 +446,91 @@ def sampling_requests(plan: Plan, work: ChunkWork) -> list[tuple[str, str, Reque
 def run_chunk(
     engine: Engine, plan: Plan, chunk: list[Query], trace: list[Request] | None = None
 ) -> list[dict[str, Any]]:
-    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped).
+    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped), in chunk order.
 
-    ``trace``, when given, receives the sampling requests (the benchmark replays them).
+    Stages 4-6 share one engine stream: a query is cleaned, filtered and its answers sent for scoring the
+    moment its third answer is sampled, while the other queries are still decoding. ``trace``, when given,
+    receives the sampling requests (the benchmark replays them).
     """
     work = prepare_chunk(engine, plan, chunk)
     requests = sampling_requests(plan, work)
     if trace is not None:
         trace.extend(request for *_, request in requests)
-    # 4. Sample y+, y-, y° of every query in one call.
-    completions = engine.generate([request for *_, request in requests], desc=SAMPLE_CALL)
+    stream = engine.stream(SAMPLE_CALL)
+    for prompt_id, role, request in requests:
+        stream.generate((prompt_id, role), request)
+
     answers: dict[str, dict[str, Completion]] = {}
-    for (prompt_id, role, _), completion in zip(requests, completions, strict=True):
-        answers.setdefault(prompt_id, {})[role] = completion
-    return finish_chunk(engine, plan, work, answers)
-
-
-def finish_chunk(
-    engine: Engine, plan: Plan, work: ChunkWork, answers: dict[str, dict[str, Completion]]
-) -> list[dict[str, Any]]:
-    """Stages 5-6: clean and filter the answers, score the kept ones under x, compute W."""
-    config, chat = plan.config, plan.chat
-    rows: list[dict[str, Any]] = []
-    keep: list[Query] = []
     texts: dict[str, dict[str, str]] = {}
-    for q in work.queries:
-        if q.prompt_id in work.too_long:
-            rows.append(_dropped_row(q, work.features[q.prompt_id], "prompt_too_long", plan))
+    reasons: dict[str, str] = {pid: "prompt_too_long" for pid in work.too_long}
+    scores: dict[tuple[str, str], list[float]] = {}
+    responses: dict[tuple[str, str], list[int]] = {}
+    for key, result in stream:
+        if key[0] == "score":  # 5b. a score came back
+            scores[key[1:]] = result
             continue
-        texts[q.prompt_id] = {role: strip_label(answers[q.prompt_id][role].text) for role in ROLES}
-        reason = drop_reason(*(texts[q.prompt_id][role] for role in ROLES))
+        prompt_id, role = key  # 4. an answer came back
+        answers.setdefault(prompt_id, {})[role] = result
+        if len(answers[prompt_id]) < len(ROLES):
+            continue
+        # 5. All three answers are in: clean, filter, and send the kept ones for scoring under x.
+        texts[prompt_id] = {r: strip_label(answers[prompt_id][r].text) for r in ROLES}
+        reason = drop_reason(*(texts[prompt_id][r] for r in ROLES))
         if reason:
-            rows.append(_dropped_row(q, work.features[q.prompt_id], reason, plan))
-        else:
-            keep.append(q)
+            reasons[prompt_id] = reason
+            continue
+        for r in ROLES:
+            answer, text = answers[prompt_id][r], texts[prompt_id][r]
+            # Score the very tokens the policy sampled; only a cleaned answer is tokenised again.
+            unchanged = answer.text.strip() == text
+            response = (
+                list(answer.token_ids) if unchanged else plan.chat.response_ids(text, answer.finish_reason == "stop")
+            )
+            responses[prompt_id, r] = response
+            if unchanged and answer.token_logprobs is not None:
+                scores[prompt_id, r] = answer.token_logprobs
+            else:
+                stream.score(("score", prompt_id, r), work.prompts[prompt_id]["original"], response)
 
-    # 6. Score π̃ of each kept answer under the bare query x, in one call.
-    pairs = []
-    for q in keep:
-        for role in ROLES:
-            finished = answers[q.prompt_id][role].finish_reason == "stop"
-            pairs.append((work.prompts[q.prompt_id]["original"], chat.response_ids(texts[q.prompt_id][role], finished)))
-    token_logprobs = engine.score(pairs, desc="score π̃")
-    for i, q in enumerate(keep):
-        done = answers[q.prompt_id]
-        pi = {role: mean_logprob(token_logprobs[3 * i + j]) for j, role in enumerate(ROLES)}
-        rows.append(
-            {
-                "prompt_id": q.prompt_id,
-                "prompt": q.prompt,
-                "context": [dict(m) for m in q.context],
-                "features": [f.name for f in work.features[q.prompt_id]],
-                "principle_source": _principle_source(work.principles[q.prompt_id]),
-                "system_pos": work.systems[q.prompt_id][0],
-                "system_neg": work.systems[q.prompt_id][1],
-                **{role: texts[q.prompt_id][role] for role in ROLES},
-                **{f"logp_{role}": pi[role] for role in ROLES},
-                **{f"tokens_{role}": len(pairs[3 * i + j][1]) for j, role in enumerate(ROLES)},
-                **{f"finish_{role}": done[role].finish_reason for role in ROLES},
-                "truncated": any(done[role].finish_reason == "length" for role in ROLES),
-                "weight": weight(pi["chosen"], pi["rejected"], config.alpha),
-                "alpha": config.alpha,
-                "model": plan.model.name,
-                "round": config.round,
-                "drop_reason": None,
-            }
-        )
+    # 6. π̃ and W, one row per query in chunk order.
+    rows = []
+    for q in work.queries:
+        if q.prompt_id in reasons:
+            rows.append(_dropped_row(q, work.features[q.prompt_id], reasons[q.prompt_id], plan))
+        else:
+            rows.append(_record(plan, work, q, answers[q.prompt_id], texts[q.prompt_id], scores, responses))
     return rows
+
+
+def _record(
+    plan: Plan,
+    work: ChunkWork,
+    q: Query,
+    answers: dict[str, Completion],
+    texts: dict[str, str],
+    scores: dict[tuple[str, str], list[float]],
+    responses: dict[tuple[str, str], list[int]],
+) -> dict[str, Any]:
+    pi = {role: mean_logprob(scores[q.prompt_id, role]) for role in ROLES}
+    return {
+        "prompt_id": q.prompt_id,
+        "prompt": q.prompt,
+        "context": [dict(m) for m in q.context],
+        "features": [f.name for f in work.features[q.prompt_id]],
+        "principle_source": _principle_source(work.principles[q.prompt_id]),
+        "system_pos": work.systems[q.prompt_id][0],
+        "system_neg": work.systems[q.prompt_id][1],
+        **{role: texts[role] for role in ROLES},
+        **{f"logp_{role}": pi[role] for role in ROLES},
+        **{f"tokens_{role}": len(responses[q.prompt_id, role]) for role in ROLES},
+        **{f"finish_{role}": answers[role].finish_reason for role in ROLES},
+        "truncated": any(answers[role].finish_reason == "length" for role in ROLES),
+        "weight": weight(pi["chosen"], pi["rejected"], plan.config.alpha),
+        "alpha": plan.config.alpha,
+        "model": plan.model.name,
+        "round": plan.config.round,
+        "drop_reason": None,
+    }
 
 
 def _principle_source(principles: list[Any]) -> str:

@@ -59,6 +59,12 @@ DROPPED_SCHEMA = pa.schema(
 )
 
 
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], arrow: str = "->") -> str:
+    """'key: old -> new, …' for every setting that differs; empty when none does."""
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} {arrow} {new.get(k)!r}" for k in changed)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +108,8 @@ class OutputFolder:
             shutil.rmtree(self.root)
         if settings_path.exists():
             previous = yaml.safe_load(settings_path.read_text(encoding="utf-8")) or {}
-            old = previous.get("run", {})
-            changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-            if changed:
-                detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+            detail = fingerprint_changes(previous.get("run", {}), fingerprint)
+            if detail:
                 raise UsageError(
                     f"--output: {self.root} was built with other settings ({detail}). "
                     f"Use another --output, or --overwrite to start it afresh."

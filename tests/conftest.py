@@ -69,6 +69,18 @@ def built_folder(built_run) -> Path:
     return built_run[0]
 
 
+@pytest.fixture(scope="session")
+def built_folder_seed1(tmp_path_factory, shared_data) -> Path:
+    """The same 9 queries built with another seed (a second "round" to compare)."""
+    out = tmp_path_factory.mktemp("build-seed1") / "out"
+    result = run_cli(
+        "build", "--queries", str(shared_data / "user_oriented_instructions.jsonl"), *BUILT_ARGS,
+        "--seed", "1", "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900):
     """Run `python -m ssogen ...` as a user would, in its own process."""
     import subprocess

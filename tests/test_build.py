@@ -60,7 +60,7 @@ def test_kept_records_are_complete_and_consistent(built):
         for role in ("chosen", "rejected", "original"):
             assert row[role].strip()
             assert math.isfinite(row[f"logp_{role}"]) and row[f"logp_{role}"] <= 0.0
-            assert row[f"tokens_{role}"] > 0
+            assert 0 < row[f"tokens_{role}"] <= 96 + 1  # the sampled tokens (+ end of turn), at most the limit
             assert row[f"finish_{role}"] in {"stop", "length"}
         assert len({row["chosen"], row["rejected"], row["original"]}) == 3
         assert row["weight"] == pytest.approx(weight(row["logp_chosen"], row["logp_rejected"], row["alpha"]))

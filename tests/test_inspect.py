@@ -356,3 +356,13 @@ def test_hub_dataset_id_downloads_only_what_inspect_reads_and_is_labelled_by_the
     assert build.kept == len(read_config(built_folder, "sso"))
     # Configs the card lists but the download skipped are named, not counted as empty.
     assert build.counts["dpo"]["train"] is None
+
+
+def test_cli_inspect_prints_the_summary_and_writes_the_report(built_folder, tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("inspect", str(built_folder), "--report", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W and π̃" in result.stdout and (tmp_path / "report" / "index.html").is_file()
+    missing = run_cli("inspect", str(tmp_path / "nothing-here"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

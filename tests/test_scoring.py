@@ -67,3 +67,14 @@ def test_engine_scores_match_a_transformers_forward_pass(engine, bundled_model, 
         assert len(token_lp) == len(response)
         assert vllm_mean <= 0.0
         assert abs(vllm_mean - reference) < 0.05, (vllm_mean, reference)
+
+
+def test_an_answer_that_ends_by_itself_carries_the_end_of_sequence_token(engine, tokenizer):
+    """Scoring reuses the sampled token ids, so they must include the token that ended the answer."""
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import Request
+
+    chat = ChatFormat(tokenizer)
+    (done,) = engine.generate([Request(chat.prompt_ids([{"role": "user", "content": "Say hi."}]), 1, 300)])
+    assert done.finish_reason == "stop"
+    assert done.token_ids[-1] == tokenizer.eos_token_id

@@ -1,0 +1,120 @@
+"""`--executor ray`: the same SSO stages on a Ray cluster, through Ray Data.
+
+Owns: turning the unfinished queries into a Ray Dataset, the pool of engine replicas (a Ray Data actor
+pool whose actors each hold one `ssogen.engine.Engine` and run `ssogen.pipeline.run_chunk` on a batch),
+and streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local
+build does. So there is one code path for the stages, and a lost replica or a restarted driver costs at most
+the chunks in flight: a re-run resumes from the saved ones.
+
+Why an actor pool of our own engine rather than `ray.data.llm`'s processor: a chunk is not one engine call
+but four dependent ones (select features, [write principles], sample y+/y-/y°, score under x), with
+per-request seeds and prompt log-probs; keeping `run_chunk` whole inside the replica keeps local and Ray
+builds identical by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ssogen.config import BuildConfig
+from ssogen.engine import EngineError
+from ssogen.errors import UsageError
+from ssogen.sources import Query
+
+logger = logging.getLogger(__name__)
+
+# Replicas note their process id here so operators (and the fault test) can find them.
+REPLICAS_DIR = ".ssogen/replicas"
+
+
+class Replica:
+    """A Ray Data actor: one engine, built once, running the SSO stages on each batch of queries."""
+
+    def __init__(self, settings: dict[str, Any], output: str) -> None:
+        from ssogen.engine import Engine
+        from ssogen.pipeline import engine_settings, plan_build
+
+        config = BuildConfig(**settings)
+        # The replica needs the model, library, templates and tokenizer; the queries come in batches.
+        self.plan = plan_build(config, load_queries_now=False)
+        self.engine = Engine(engine_settings(config, self.plan.model))
+        marker = Path(output) / REPLICAS_DIR / str(os.getpid())
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+
+        from ssogen.pipeline import run_chunk
+        from ssogen.store import CHUNK_SCHEMA
+
+        queries = [
+            Query(prompt_id=row["prompt_id"], prompt=row["prompt"], context=tuple(row["context"] or ()))
+            for row in batch.to_pylist()
+        ]
+        return pa.Table.from_pylist(run_chunk(self.engine, self.plan, queries), schema=CHUNK_SCHEMA)
+
+
+def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str, Any]]]:
+    """Run the unfinished queries on a pool of `config.replicas` engine replicas; yield each finished chunk."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise UsageError('--executor ray needs Ray Data: pip install "ssogen[ray]"') from None
+    import pyarrow as pa
+
+    from ssogen.store import CHUNK_SCHEMA
+
+    address = config.ray_address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        # Without an address Ray starts a local cluster; the driver's logs stay ssogen's.
+        ray.init(address=address, log_to_driver=False, include_dashboard=False, configure_logging=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    gpus = 0 if _on_cpu() else config.tensor_parallel_size
+    rows = [{"prompt_id": q.prompt_id, "prompt": q.prompt, "context": [dict(m) for m in q.context]} for q in todo]
+    schema = pa.schema([(f.name, f.type) for f in CHUNK_SCHEMA if f.name in ("prompt_id", "prompt", "context")])
+    dataset = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=schema)).repartition(
+        max(1, -(-len(rows) // config.chunk_size))
+    )
+    results = dataset.map_batches(
+        Replica,
+        fn_constructor_kwargs={"settings": _plain(config), "output": str(config.output)},
+        batch_size=config.chunk_size,
+        batch_format="pyarrow",
+        # A fixed pool; Ray Data restarts a replica that dies and retries the batch it held.
+        compute=ray.data.ActorPoolStrategy(size=config.replicas),
+        num_gpus=gpus,
+        num_cpus=1,
+    )
+    batches = iter(results.iter_batches(batch_size=None, batch_format="pyarrow"))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise EngineError(f"the Ray job failed: {type(exc).__name__}: {first_line}") from exc
+        yield batch.cast(CHUNK_SCHEMA).to_pylist()
+
+
+def _plain(config: BuildConfig) -> dict[str, Any]:
+    """Settings as plain values for the replicas (Paths as strings), without the executor fields."""
+    values = config.to_dict()
+    values["executor"] = "local"
+    return values
+
+
+def _on_cpu() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch comes with vLLM
+        return True
