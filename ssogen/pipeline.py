@@ -64,6 +64,7 @@ class BuildSummary:
     score_seconds: float = 0.0
     engine_start_seconds: float = 0.0
     save_seconds: float = 0.0  # writing finished chunks (the cost of being resumable)
+    remote_engine: bool = False  # the engines ran in Ray replicas, whose figures this process does not see
     wall_seconds: float = 0.0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -77,10 +78,14 @@ class BuildSummary:
             f"queries: {self.total} ({self.resumed} resumed from earlier runs, {self.duplicates} duplicates removed)",
             f"kept: {self.kept}  dropped: {sum(self.dropped.values())} ({drops})",
             f"mean W: {self.mean_weight:.4f}",
-            f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
-            f"({self.tokens_per_second:.1f} tok/s); scoring {self.score_seconds:.1f}s; "
-            f"engine start {self.engine_start_seconds:.1f}s; saving chunks {self.save_seconds:.2f}s; "
-            f"wall {self.wall_seconds:.1f}s",
+            (
+                "engine figures: in the Ray replicas (see their logs)"
+                if self.remote_engine
+                else f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
+                f"({self.tokens_per_second:.1f} tok/s); scoring {self.score_seconds:.1f}s; "
+                f"engine start {self.engine_start_seconds:.1f}s"
+            ),
+            f"saving chunks {self.save_seconds:.2f}s; wall {self.wall_seconds:.1f}s",
         ]
 
 
@@ -207,6 +212,7 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     if todo and config.executor == "ray":
         from ssogen.distributed import ray_chunks
 
+        summary.remote_engine = True
         total = -(-len(todo) // config.chunk_size)
         for number, rows in enumerate(ray_chunks(config, todo), start=1):
             summary.save_seconds += _save_chunk(plan.folder, rows)

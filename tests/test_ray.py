@@ -32,6 +32,7 @@ def test_a_ray_build_holds_the_same_query_ids_as_a_local_run(tmp_path, shared_da
     result = run_cli("build", "--queries", str(queries), *RAY_ARGS, "--output", str(out), timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ray)" in result.stderr  # chunks came back from the replica pool
+    assert "engine figures: in the Ray replicas" in result.stderr
     ids = query_ids(out)
     assert len(ids) == len(set(ids)) == 4
     # The local run of the same settings built the first 9 queries; the first 4 are these.
