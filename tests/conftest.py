@@ -93,3 +93,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900)
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
+
+
+def make_record(i: int, **changes: object) -> dict:
+    """A synthetic `sso` record (schema `ssogen.store.RECORD_SCHEMA`) for tests that need no engine."""
+    from ssogen.steer import ROLES
+
+    row = {
+        "prompt_id": f"{i:016x}",
+        "prompt": f"question {i}",
+        "context": [],
+        "features": ["Safety", "Accuracy"],
+        "principle_source": "library",
+        "system_pos": "be good",
+        "system_neg": "be bad",
+        "chosen": f"good {i}",
+        "rejected": f"bad {i}",
+        "original": f"plain {i}",
+        **{f"logp_{r}": -1.0 - i / 10 - k / 7 for k, r in enumerate(ROLES)},
+        **{f"tokens_{r}": 3 + i for r in ROLES},
+        **{f"finish_{r}": "stop" for r in ROLES},
+        "truncated": False,
+        "weight": 0.6 + i / 50,
+        "alpha": 0.5,
+        "model": "m",
+        "round": 0,
+    }
+    return {**row, **changes}

@@ -21,6 +21,7 @@ from rich.console import Console
 from ssogen.errors import UsageError
 from ssogen.inspect import load_build, render_plots, run_inspect
 from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA
+from tests.conftest import make_record as record
 
 PLOTS = ("weight_hist.png", "pi_scatter.png", "lengths.png", "features.png", "drops.png")
 ROLES = ("chosen", "rejected", "original")
@@ -88,30 +89,6 @@ def assert_real_png(path: Path) -> None:
     assert image.shape[0] > 100 and image.shape[1] > 100, path
     pixels = image.reshape(-1, image.shape[-1])
     assert len(np.unique(pixels, axis=0)) > 1, f"{path} is a single flat colour"
-
-
-def record(i: int, **changes: object) -> dict:
-    row = {
-        "prompt_id": f"{i:016x}",
-        "prompt": f"question {i}",
-        "context": [],
-        "features": ["Safety", "Accuracy"],
-        "principle_source": "library",
-        "system_pos": "be good",
-        "system_neg": "be bad",
-        "chosen": f"good {i}",
-        "rejected": f"bad {i}",
-        "original": f"plain {i}",
-        **{f"logp_{r}": -1.0 - i / 10 - k / 7 for k, r in enumerate(ROLES)},
-        **{f"tokens_{r}": 3 + i for r in ROLES},
-        **{f"finish_{r}": "stop" for r in ROLES},
-        "truncated": False,
-        "weight": 0.6 + i / 50,
-        "alpha": 0.5,
-        "model": "m",
-        "round": 0,
-    }
-    return {**row, **changes}
 
 
 def write_build(root: Path, records: list[dict] | None, dropped: list[dict] | None) -> Path:

@@ -16,31 +16,9 @@ from ssogen.models import ModelRef
 from ssogen.pipeline import run_settings
 from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, OutputFolder
 from ssogen.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
+from tests.conftest import make_record as record
 
 FAKE_TOKEN = "hf_" + "Z" * 34
-
-
-def record(i: int, context: list[dict] | None = None) -> dict:
-    return {
-        "prompt_id": f"{i:016x}",
-        "prompt": f"question {i}",
-        "context": context or [],
-        "features": ["Safety", "Accuracy"],
-        "principle_source": "library",
-        "system_pos": "be good",
-        "system_neg": "be bad",
-        "chosen": f"good {i}",
-        "rejected": f"bad {i}",
-        "original": f"plain {i}",
-        **{f"logp_{r}": -1.0 - i / 10 for r in ("chosen", "rejected", "original")},
-        **{f"tokens_{r}": 3 + i for r in ("chosen", "rejected", "original")},
-        **{f"finish_{r}": "stop" for r in ("chosen", "rejected", "original")},
-        "truncated": False,
-        "weight": 0.7,
-        "alpha": 0.5,
-        "model": "m",
-        "round": 0,
-    }
 
 
 def export(tmp_path, rows, dropped_rows=(), test_size=0.3):
@@ -101,7 +79,7 @@ def test_all_views_put_the_same_queries_in_test(built_folder):
 
 def test_column_types_are_stable_across_runs(tmp_path):
     first = export(tmp_path / "a", [record(i) for i in range(6)])
-    second = export(tmp_path / "b", [record(i, [{"role": "user", "content": "x"}]) for i in range(10, 13)])
+    second = export(tmp_path / "b", [record(i, context=[{"role": "user", "content": "x"}]) for i in range(10, 13)])
     assert set(first) == set(second)
     for name in VIEWS:
         features_a = load_dataset(str(tmp_path / "a"), name, split="train").features
