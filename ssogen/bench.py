@@ -19,8 +19,9 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 
+from ssogen.chunk import SAMPLE_CALL, prepare_chunk, run_chunk, sampling_requests
 from ssogen.engine import Engine, Request
-from ssogen.pipeline import SAMPLE_CALL, Plan, prepare_chunk, run_chunk, sampling_requests
+from ssogen.pipeline import Plan
 from ssogen.steer import ROLES
 
 REFERENCE_BATCH = 16
@@ -155,8 +156,12 @@ def run_bench(engine: Engine, plan: Plan, repeats: int, log=print) -> BenchResul
     run_chunk(engine, plan, warm)  # compiles / allocates every code path once before timing
     result = BenchResult(runs={"ssogen": [], "raw": [], "reference": []})
     for repeat in range(1, repeats + 1):
+        # Each measurement starts with an empty prefix cache, so none reuses the prompts another computed.
+        engine.reset_prefix_cache()
         ssogen, traced = measure_ssogen(engine, plan)
+        engine.reset_prefix_cache()
         raw = measure_raw(engine, traced)
+        engine.reset_prefix_cache()
         reference = measure_reference(engine, plan)
         for m in (ssogen, raw, reference):
             result.runs[m.name].append(m)

@@ -53,10 +53,11 @@ class ChatFormat:
     def prompt_text(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prompt_ids(self, messages: list[Message]) -> list[int]:
-        """Token ids of the conversation followed by the assistant's generation prompt."""
+    def prompt_ids(self, messages: list[Message], answer_prefix: str = "") -> list[int]:
+        """Token ids of the conversation, the assistant's generation prompt, and the answer's given start."""
         # The template text already holds any BOS token, so the tokenizer must not add another.
-        return list(self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"])
+        text = self.prompt_text(messages) + answer_prefix
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def response_ids(self, text: str, finished: bool) -> list[int]:
         """Token ids of an answer as a scorer sees it: its text, plus end-of-sequence when it ended by itself."""

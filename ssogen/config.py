@@ -97,6 +97,11 @@ class BuildConfig:
     )
     enforce_eager: bool = _setting(False, "Skip graph compilation: faster start, slower steps.")
     enable_prefix_caching: bool = _setting(True, "Reuse KV cache across prompts sharing a prefix.")
+    block_size: int | None = _setting(
+        None,
+        "KV-cache block size in tokens (default: 32 on CPU, vLLM's own on GPU). Prefix caching shares whole "
+        "blocks, so smaller ones let scoring reuse more of the bare query's KV; on CPU it must be a multiple of 32.",
+    )
     cpu_reserved_cores: int | None = _setting(
         None,
         "CPU only: cores kept free of model threads for vLLM's scheduler (default 0: every core runs the model).",
@@ -130,6 +135,11 @@ class BuildConfig:
                 "must be 0 or more",
             ),
             (0 <= self.shard_index < max(self.num_shards, 1), "shard_index", "must be in [0, --num-shards)"),
+            (
+                self.block_size in (None, 8, 16, 32, 64, 128, 256),
+                "block_size",
+                "must be one of 8, 16, 32, 64, 128, 256 (a multiple of 32 on CPU)",
+            ),
             (self.round >= 0, "round", "must be 0 or more"),
             (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),
             (self.selection_max_tokens > 0, "selection_max_tokens", "must be positive"),

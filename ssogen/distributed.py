@@ -1,7 +1,7 @@
 """`--executor ray`: the same SSO stages on a Ray cluster, through Ray Data.
 
 Owns: turning the unfinished queries into a Ray Dataset, the pool of engine replicas (a Ray Data actor
-pool whose actors each hold one `ssogen.engine.Engine` and run `ssogen.pipeline.run_chunk` on a batch),
+pool whose actors each hold one `ssogen.engine.Engine` and run `ssogen.chunk.run_chunk` on a batch),
 and streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local
 build does. So there is one code path for the stages, and a lost replica or a restarted driver costs at most
 the chunks in flight: a re-run resumes from the saved ones.
@@ -49,7 +49,7 @@ class Replica:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from ssogen.pipeline import run_chunk
+        from ssogen.chunk import run_chunk
         from ssogen.store import CHUNK_SCHEMA
 
         queries = [

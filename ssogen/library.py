@@ -126,8 +126,12 @@ class Templates:
             raise UsageError(f"--prompts: {self.folder / name}: {exc}") from None
 
     def render(self, name: str, **data: Any) -> str:
+        return str(self.render_module(name, **data)).strip()
+
+    def render_module(self, name: str, **data: Any) -> Any:
+        """The rendered template (``str()`` of it) with the values it ``{% set %}`` at its top level."""
         try:
-            return self._load(name).render(**data).strip()
+            return self._load(name).make_module(data)
         except TemplateError as exc:
             raise UsageError(f"--prompts: {self.folder / name} failed to render: {exc}") from None
 

@@ -1,9 +1,9 @@
-"""`ssogen build`: runs the SSO stages over the queries, chunk by chunk, on one engine.
+"""`ssogen build`: plans a build, runs its chunks on one engine, and writes the folder.
 
-Owns: the order of the stages and what goes to the engine together. Per chunk: one call selects the
-features of every query; (optionally) one call writes query-specific principles; one call samples y+,
-y- and y° of every query at once; one call scores every kept answer under the bare query. Each finished
-chunk is saved before the next starts, so a stopped run resumes where it was.
+Owns: validating every setting and input before an engine starts (`plan_build`), the settings a resume
+must match, which queries are left to do, the chunk loop (each finished chunk is saved before the next
+starts, so a stopped run resumes where it was), the dry run, and the closing summary. What happens
+inside a chunk is `ssogen.chunk`.
 """
 
 from __future__ import annotations
@@ -18,35 +18,17 @@ from typing import Any
 
 from ssogen import __version__
 from ssogen.chat import ChatFormat
+from ssogen.chunk import dropped_row, prepare_chunk, run_chunk
 from ssogen.config import BuildConfig
-from ssogen.engine import Completion, Engine, EngineSettings, Request
+from ssogen.engine import Engine, EngineSettings
 from ssogen.errors import UsageError
 from ssogen.export import export_folder
 from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
 from ssogen.models import ModelRef, resolve_model
-from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries
-from ssogen.steer import (
-    ROLES,
-    Principles,
-    choose_features,
-    derive_seed,
-    drop_reason,
-    library_principles,
-    parse_features,
-    parse_principles,
-    principles_prompt,
-    principles_schema,
-    query_rng,
-    selection_prompt,
-    strip_label,
-    system_message,
-)
 from ssogen.store import OutputFolder
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_CALL = "sample y+ y- y°"  # the engine call of stage 4, named in progress bars and engine stats
 
 
 @dataclass
@@ -206,7 +188,7 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     empties = [q for q in plan.queries.empty if q.prompt_id not in finished]
     if empties:
         plan.folder.write_chunk(
-            plan.folder.next_chunk_index(), [_dropped_row(q, [], "empty_query", plan) for q in empties]
+            plan.folder.next_chunk_index(), [dropped_row(q, [], "empty_query", plan) for q in empties]
         )
 
     if todo and config.executor == "ray":
@@ -322,237 +304,3 @@ def engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
     """The engine's settings: every `EngineSettings` field is a `BuildConfig` field of the same name."""
     shared = {f.name: getattr(config, f.name) for f in fields(EngineSettings) if f.name != "model"}
     return EngineSettings(model=model.path, **shared)
-
-
-@dataclass
-class ChunkWork:
-    """A chunk after the stages that come before sampling."""
-
-    queries: list[Query]
-    features: dict[str, list[Feature]]
-    principles: dict[str, list[Principles]]
-    systems: dict[str, tuple[str, str]]  # prompt_id -> (p+, p-)
-    prompts: dict[str, dict[str, list[int]]]  # prompt_id -> role -> token ids of x+, x- and x
-    too_long: set[str]  # prompt_ids whose prompts leave no room for an answer
-
-
-def prepare_chunk(engine: Engine | None, plan: Plan, chunk: list[Query]) -> ChunkWork:
-    """Stages 1-3: select features, get principles, build the contrastive prompts.
-
-    With no engine (``--dry-run``) every prompt is still rendered and tokenised, the selection answers are
-    empty (so features are drawn at random) and principles come from the library.
-    """
-    config, chat = plan.config, plan.chat
-
-    # 1. Feature selection: one call for the whole chunk.
-    selection = [
-        chat.prompt_ids(
-            [{"role": "user", "content": selection_prompt(plan.templates, plan.library, q.prompt, config.num_features)}]
-        )
-        for q in chunk
-    ]
-    fits = [len(ids) + config.selection_max_tokens <= config.max_model_len for ids in selection]
-    asks = [
-        Request(
-            ids,
-            derive_seed(config.seed, q.prompt_id, "select"),
-            config.selection_max_tokens,
-            temperature=config.selection_temperature,
-            top_p=1.0,
-            stop=("\n",),  # the answer is one line of names; anything after it is never read
-        )
-        for q, ids, ok in zip(chunk, selection, fits, strict=True)
-        if ok
-    ]
-    answers = iter(engine.generate(asks, desc="select features") if engine else [])
-    features: dict[str, list[Feature]] = {}
-    for q, ok in zip(chunk, fits, strict=True):
-        text = next(answers).text if ok and engine else ""
-        features[q.prompt_id] = choose_features(
-            parse_features(text, plan.library), plan.library, config.num_features, query_rng(config.seed, q.prompt_id)
-        )
-
-    # 2. Principles: the library's, or query-specific ones written by the policy.
-    principles = {q.prompt_id: library_principles(features[q.prompt_id]) for q in chunk}
-    if config.generate_principles and engine is not None:
-        principles.update(_write_principles(engine, plan, chunk, features))
-
-    # 3. Contrastive prompts x+, x-, x through the model's chat template.
-    prompts: dict[str, dict[str, list[int]]] = {}
-    systems: dict[str, tuple[str, str]] = {}
-    for q in chunk:
-        pos = system_message(plan.templates, features[q.prompt_id], principles[q.prompt_id], "positive")
-        neg = system_message(plan.templates, features[q.prompt_id], principles[q.prompt_id], "negative")
-        systems[q.prompt_id] = (pos, neg)
-        messages = q.messages()
-        prompts[q.prompt_id] = {
-            "chosen": chat.prompt_ids(chat.with_system(pos, messages)),
-            "rejected": chat.prompt_ids(chat.with_system(neg, messages)),
-            "original": chat.prompt_ids(messages),
-        }
-    room = config.max_model_len - config.max_new_tokens
-    too_long = {pid for pid, by_role in prompts.items() if max(map(len, by_role.values())) > room}
-    return ChunkWork(list(chunk), features, principles, systems, prompts, too_long)
-
-
-def _write_principles(
-    engine: Engine, plan: Plan, chunk: list[Query], features: dict[str, list[Feature]]
-) -> dict[str, list[Principles]]:
-    """Query-specific principles as JSON (structured output), one call for the chunk."""
-    config, chat = plan.config, plan.chat
-    asks = []
-    for q in chunk:
-        text = principles_prompt(plan.templates, features[q.prompt_id], q.prompt)
-        ids = chat.prompt_ids([{"role": "user", "content": text}])
-        if len(ids) + config.principle_max_tokens <= config.max_model_len:
-            asks.append((q, ids))
-    written = engine.generate(
-        [
-            Request(
-                ids,
-                derive_seed(config.seed, q.prompt_id, "principles"),
-                config.principle_max_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                json_schema=principles_schema(features[q.prompt_id]),
-            )
-            for q, ids in asks
-        ],
-        desc="write principles",
-    )
-    return {
-        q.prompt_id: parse_principles(answer.text, features[q.prompt_id])
-        for (q, _), answer in zip(asks, written, strict=True)
-    }
-
-
-def sampling_requests(plan: Plan, work: ChunkWork) -> list[tuple[str, str, Request]]:
-    """Stage 4's requests: (prompt_id, role, request) for y+, y- and y° of every query that fits."""
-    config = plan.config
-    return [
-        (
-            q.prompt_id,
-            role,
-            Request(
-                work.prompts[q.prompt_id][role],
-                derive_seed(config.seed, q.prompt_id, role),
-                config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                # y° is sampled under x itself, so its sampled-token log-probs are π̃'s terms: no rescoring.
-                logprobs=role == "original",
-            ),
-        )
-        for q in work.queries
-        if q.prompt_id not in work.too_long
-        for role in ROLES
-    ]
-
-
-def run_chunk(
-    engine: Engine, plan: Plan, chunk: list[Query], trace: list[Request] | None = None
-) -> list[dict[str, Any]]:
-    """The SSO stages for one chunk of queries; returns one row per query (kept or dropped), in chunk order.
-
-    Stages 4-6 share one engine stream: a query is cleaned, filtered and its answers sent for scoring the
-    moment its third answer is sampled, while the other queries are still decoding. ``trace``, when given,
-    receives the sampling requests (the benchmark replays them).
-    """
-    work = prepare_chunk(engine, plan, chunk)
-    requests = sampling_requests(plan, work)
-    if trace is not None:
-        trace.extend(request for *_, request in requests)
-    stream = engine.stream(SAMPLE_CALL)
-    for prompt_id, role, request in requests:
-        stream.generate((prompt_id, role), request)
-
-    answers: dict[str, dict[str, Completion]] = {}
-    texts: dict[str, dict[str, str]] = {}
-    reasons: dict[str, str] = {pid: "prompt_too_long" for pid in work.too_long}
-    scores: dict[tuple[str, str], list[float]] = {}
-    responses: dict[tuple[str, str], list[int]] = {}
-    for key, result in stream:
-        if key[0] == "score":  # 5b. a score came back
-            scores[key[1:]] = result
-            continue
-        prompt_id, role = key  # 4. an answer came back
-        answers.setdefault(prompt_id, {})[role] = result
-        if len(answers[prompt_id]) < len(ROLES):
-            continue
-        # 5. All three answers are in: clean, filter, and send the kept ones for scoring under x.
-        texts[prompt_id] = {r: strip_label(answers[prompt_id][r].text) for r in ROLES}
-        reason = drop_reason(*(texts[prompt_id][r] for r in ROLES))
-        if reason:
-            reasons[prompt_id] = reason
-            continue
-        for r in ROLES:
-            answer, text = answers[prompt_id][r], texts[prompt_id][r]
-            # Score the very tokens the policy sampled; only a cleaned answer is tokenised again.
-            unchanged = answer.text.strip() == text
-            response = (
-                list(answer.token_ids) if unchanged else plan.chat.response_ids(text, answer.finish_reason == "stop")
-            )
-            responses[prompt_id, r] = response
-            if unchanged and answer.token_logprobs is not None:
-                scores[prompt_id, r] = answer.token_logprobs
-            else:
-                stream.score(("score", prompt_id, r), work.prompts[prompt_id]["original"], response)
-
-    # 6. π̃ and W, one row per query in chunk order.
-    rows = []
-    for q in work.queries:
-        if q.prompt_id in reasons:
-            rows.append(_dropped_row(q, work.features[q.prompt_id], reasons[q.prompt_id], plan))
-        else:
-            rows.append(_record(plan, work, q, answers[q.prompt_id], texts[q.prompt_id], scores, responses))
-    return rows
-
-
-def _record(
-    plan: Plan,
-    work: ChunkWork,
-    q: Query,
-    answers: dict[str, Completion],
-    texts: dict[str, str],
-    scores: dict[tuple[str, str], list[float]],
-    responses: dict[tuple[str, str], list[int]],
-) -> dict[str, Any]:
-    pi = {role: mean_logprob(scores[q.prompt_id, role]) for role in ROLES}
-    return {
-        "prompt_id": q.prompt_id,
-        "prompt": q.prompt,
-        "context": [dict(m) for m in q.context],
-        "features": [f.name for f in work.features[q.prompt_id]],
-        "principle_source": _principle_source(work.principles[q.prompt_id]),
-        "system_pos": work.systems[q.prompt_id][0],
-        "system_neg": work.systems[q.prompt_id][1],
-        **{role: texts[role] for role in ROLES},
-        **{f"logp_{role}": pi[role] for role in ROLES},
-        **{f"tokens_{role}": len(responses[q.prompt_id, role]) for role in ROLES},
-        **{f"finish_{role}": answers[role].finish_reason for role in ROLES},
-        "truncated": any(answers[role].finish_reason == "length" for role in ROLES),
-        "weight": weight(pi["chosen"], pi["rejected"], plan.config.alpha),
-        "alpha": plan.config.alpha,
-        "model": plan.model.name,
-        "round": plan.config.round,
-        "drop_reason": None,
-    }
-
-
-def _principle_source(principles: list[Any]) -> str:
-    sources = {p.source for p in principles}
-    return sources.pop() if len(sources) == 1 else "mixed"
-
-
-def _dropped_row(query: Query, features: list[Feature], reason: str, plan: Plan) -> dict[str, Any]:
-    return {
-        "prompt_id": query.prompt_id,
-        "prompt": query.prompt,
-        "context": [dict(m) for m in query.context],
-        "features": [f.name for f in features],
-        "model": plan.model.name,
-        "round": plan.config.round,
-        "alpha": plan.config.alpha,
-        "truncated": False,
-        "drop_reason": reason,
-    }

@@ -44,8 +44,24 @@ def selectable(library: list[Feature]) -> list[Feature]:
     return [f for f in library if f.bound_probability == 0]
 
 
-def selection_prompt(templates: Templates, library: list[Feature], query: str, k: int) -> str:
-    return templates.render("select_features.j2", features=selectable(library), k=k, query=query)
+def selection_prompt(templates: Templates, library: list[Feature], query: str, k: int) -> tuple[str, str]:
+    """The feature-selection user turn, and the start of the answer the policy continues from.
+
+    The template sets ``answer_prefix`` (e.g. "Most relevant:", as in its examples): the policy then
+    continues the examples' pattern instead of starting an answer of its own.
+    """
+    module = templates.render_module("select_features.j2", features=selectable(library), k=k, query=query)
+    return str(module).strip(), str(getattr(module, "answer_prefix", ""))
+
+
+def selection_pattern(library: list[Feature], k: int) -> str:
+    """The regular expression a selection answer is held to: k selectable feature names, comma-separated.
+
+    Structured output keeps the answer to names the parser recognises, and ends it after the k-th, so
+    selection costs a few decoding steps instead of up to ``--selection-max-tokens`` of free text.
+    """
+    names = "|".join(re.escape(f.name) for f in selectable(library))
+    return rf" ?({names})(, ({names})){{{k - 1}}}"
 
 
 def parse_features(answer: str, library: list[Feature]) -> list[str]:

@@ -82,7 +82,8 @@ def test_settings_are_recorded_with_the_data(built):
 
 def test_same_seed_gives_the_same_records(engine, shared_data, tmp_path):
     """Two runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
-    from ssogen.pipeline import plan_build, run_chunk
+    from ssogen.chunk import run_chunk
+    from ssogen.pipeline import plan_build
 
     config = BuildConfig(
         queries=str(shared_data / "seed_tasks.jsonl"),
@@ -113,7 +114,8 @@ def test_seeded_requests_survive_long_prompts_on_cpu(engine, tokenizer):
 
 
 def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp_path):
-    from ssogen.pipeline import plan_build, run_chunk
+    from ssogen.chunk import run_chunk
+    from ssogen.pipeline import plan_build
 
     path = tmp_path / "q.jsonl"
     long_query = "please summarise: " + "lorem ipsum " * 1200
@@ -123,3 +125,62 @@ def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp
     rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
     assert rows[long_query.strip()]["drop_reason"] == "prompt_too_long"
     assert rows["Say hi."]["drop_reason"] != "prompt_too_long"
+
+
+def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_reason(engine, tmp_path):
+    """x fits the context with room for an answer, but x+ (x plus the steering message) does not."""
+    from ssogen.chunk import run_chunk
+    from ssogen.pipeline import plan_build
+
+    path = tmp_path / "q.jsonl"
+    query = "please summarise: " + "lorem ipsum " * 100
+    path.write_text(json.dumps({"prompt": query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
+    probe = plan_build(BuildConfig(queries=str(path), max_new_tokens=32, max_model_len=2048, output=tmp_path / "o"))
+    x = len(probe.chat.prompt_ids(probe.queries.queries[0].messages()))
+    # Room for prompts = 2048 - max_new_tokens: just enough for x, far too little for x plus p+ or p-.
+    config = BuildConfig(queries=str(path), max_new_tokens=2048 - x - 5, max_model_len=2048, output=tmp_path / "o")
+    plan = plan_build(config)
+    rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
+    assert rows[query.strip()]["drop_reason"] == "prompt_too_long"
+    assert rows["Say hi."]["drop_reason"] is None or rows["Say hi."]["drop_reason"] != "prompt_too_long"
+
+
+def test_feature_selection_answers_are_held_to_k_library_names(engine, shared_data, tmp_path):
+    from ssogen.chunk import selection_request
+    from ssogen.pipeline import plan_build
+    from ssogen.steer import parse_features
+
+    config = BuildConfig(
+        queries=str(shared_data / "seed_tasks.jsonl"), limit=6, max_new_tokens=32, max_model_len=2048, output=tmp_path
+    )
+    plan = plan_build(config)
+    answers = engine.generate([selection_request(plan, q) for q in plan.queries.queries])
+    for answer in answers:
+        names = [name.strip() for name in answer.text.split(",")]
+        assert len(names) == 2 and all(parse_features(name, plan.library) == [name] for name in names), answer.text
+        assert len(answer.token_ids) <= 8  # a few names, not a free-text ramble up to --selection-max-tokens
+
+
+def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engine, shared_data, tmp_path):
+    from ssogen.chunk import run_chunk
+    from ssogen.pipeline import plan_build
+
+    config = BuildConfig(
+        queries=str(shared_data / "seed_tasks.jsonl"),
+        limit=3,
+        max_new_tokens=24,
+        principle_max_tokens=160,
+        generate_principles=True,
+        max_model_len=2048,
+        output=tmp_path / "o",
+    )
+    plan = plan_build(config)
+    rows = run_chunk(engine, plan, plan.queries.queries)
+    library_text = {f.positive for f in plan.library}
+    sources = {r.get("principle_source") for r in rows if r["drop_reason"] is None}
+    assert "generated" in sources and sources <= {"generated", "library", "mixed"}
+    for row in rows:
+        if row["drop_reason"] is None and row["principle_source"] == "generated":
+            assert not any(text in row["system_pos"] for text in library_text)
+        elif row["drop_reason"] is None and row["principle_source"] == "library":
+            assert any(text in row["system_pos"] for text in library_text)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -74,16 +75,52 @@ def _dropped(folder: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=["prompt_id"])
 
 
-def test_sigint_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, shared_data):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, shared_data, signum):
     out = tmp_path / "out"
     proc = start_build(out, shared_data / "user_oriented_instructions.jsonl")
     wait_for_chunks(out, proc, 1)
-    os.killpg(proc.pid, signal.SIGINT)
+    # Ctrl-C reaches the whole foreground group; a scheduler's SIGTERM reaches the build process.
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "run the same command again to resume" in stderr
     chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
     assert chunks and all(len(pd.read_parquet(c)) == 3 for c in chunks)
+
+
+def vllm_processes(pid: int) -> dict[str, psutil.Process]:
+    """vLLM's engine processes under a build, by title: VLLM::EngineCore and VLLM::Worker."""
+    return {p.name(): p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::")}
+
+
+@pytest.mark.parametrize("victims", [("VLLM::Worker",), ("VLLM::EngineCore", "VLLM::Worker")], ids=["worker", "all"])
+def test_an_engine_killed_mid_run_fails_fast_keeps_whole_chunks_and_the_rerun_completes(tmp_path, shared_data, victims):
+    """As the out-of-memory killer would: vLLM's processes die while the build process lives on."""
+    queries = shared_data / "user_oriented_instructions.jsonl"
+    out = tmp_path / "out"
+    proc = start_build(out, queries)
+    wait_for_chunks(out, proc, 1)
+    engine = vllm_processes(proc.pid)
+    assert set(victims) <= set(engine), engine
+    for name in victims:
+        engine[name].kill()
+    _, stderr = proc.communicate(timeout=180)  # before the watchdog, the build hung here for ever
+    assert proc.returncode == 1, stderr[-3000:]
+    # vLLM's own processes log their end above; ssogen's last word says what happened and how to go on.
+    ours = stderr.strip().splitlines()[-2:]
+    assert ours[0].startswith("error: the vLLM engine's process exited during"), ours
+    assert "run the same command again to resume" in ours[1]
+    chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
+    assert chunks and all(len(pd.read_parquet(c)) == 3 for c in chunks)
+
+    rerun = run_cli("build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = table(out, "sso").prompt_id.tolist() + _dropped(out).prompt_id.tolist()
+    assert len(ids) == 9 and len(set(ids)) == 9
 
 
 def test_a_rerun_with_other_settings_is_refused_naming_what_changed(built_folder, shared_data):

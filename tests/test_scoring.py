@@ -78,3 +78,45 @@ def test_an_answer_that_ends_by_itself_carries_the_end_of_sequence_token(engine,
     (done,) = engine.generate([Request(chat.prompt_ids([{"role": "user", "content": "Say hi."}]), 1, 300)])
     assert done.finish_reason == "stop"
     assert done.token_ids[-1] == tokenizer.eos_token_id
+
+
+def _long_pair(chat, block: int) -> tuple[list[int], list[int]]:
+    """A prompt longer than one KV-cache block, not a whole number of blocks, and an answer as long."""
+    items = ", ".join(f"item {i}" for i in range(block // 2))
+    prompt = chat.prompt_ids([{"role": "user", "content": f"Summarise this list in one line: {items}"}])
+    response = chat.response_ids(f"The list names {items}.", True)
+    assert len(prompt) > block and len(prompt) % block
+    return prompt, response
+
+
+def test_scoring_reuses_the_cached_bare_query_and_gives_the_same_log_probs(engine, tokenizer):
+    """π̃ reads x's KV blocks cached by y° (sampled under x): same values as a cold prefill, less work."""
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import Request
+
+    prompt, response = _long_pair(ChatFormat(tokenizer), engine.block_size)
+    engine.reset_prefix_cache()
+    (cold,) = engine.score([(prompt, response)])
+    engine.reset_prefix_cache()
+    engine.generate([Request(prompt, seed=0, max_tokens=1)])  # as y° would: x's blocks are now cached
+    before = engine.stats.scored_from_cache
+    (warm,) = engine.score([(prompt, response)])
+    assert engine.stats.scored_from_cache - before == len(prompt) // engine.block_size * engine.block_size
+    assert len(warm) == len(cold) == len(response)
+    assert warm == pytest.approx(cold, abs=1e-3)
+
+
+def test_a_cache_hit_reaching_into_the_answer_is_scored_again_without_the_cache(engine, tokenizer):
+    """Positions served from the cache get no log-prob: a hit past x must not leave holes in π̃."""
+    from ssogen.chat import ChatFormat
+
+    prompt, response = _long_pair(ChatFormat(tokenizer), engine.block_size)
+    block = engine.block_size
+    assert (len(prompt) + len(response) - 1) // block * block >= len(prompt)  # whole cached blocks reach past x
+    engine.reset_prefix_cache()
+    (first,) = engine.score([(prompt, response)])  # leaves the blocks of x ⊕ y in the cache
+    before = engine.stats.rescored
+    (second,) = engine.score([(prompt, response)])
+    assert engine.stats.rescored == before + 1
+    assert second == pytest.approx(first, abs=1e-3)
+    assert all(math.isfinite(v) and v <= 0.0 for v in second)

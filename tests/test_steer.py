@@ -16,6 +16,7 @@ from ssogen.steer import (
     parse_principles,
     principles_schema,
     query_rng,
+    selection_pattern,
     selection_prompt,
     strip_label,
     system_message,
@@ -112,9 +113,40 @@ def test_system_messages_list_adjectives_and_principles_of_each_side(library, te
 
 def test_template_injection_in_a_query_stays_verbatim(library, templates):
     query = "What is {{ 7*7 }}? {% for x in range(3) %}loop{% endfor %} {{ self.__init__ }}"
-    rendered = selection_prompt(templates, library, query, 2)
+    rendered, _ = selection_prompt(templates, library, query, 2)
     assert query in rendered
     assert "49" not in rendered
+
+
+def test_the_selection_answer_starts_with_the_prefix_the_template_sets(library, templates):
+    rendered, prefix = selection_prompt(templates, library, "How do I boil an egg?", 2)
+    assert prefix == "Most relevant:"
+    assert rendered.endswith("Query: How do I boil an egg?")  # the prefix opens the answer, not the question
+    assert "Most relevant: Safety, Helpfulness" in rendered  # as in the template's examples
+
+
+def test_a_selection_template_without_an_answer_prefix_gets_none(library, tmp_path):
+    import shutil
+
+    from ssogen.library import resource_dir
+
+    folder = tmp_path / "prompts"
+    shutil.copytree(resource_dir("prompts"), folder)
+    (folder / "select_features.j2").write_text("Pick {{ k }} of {{ features | length }} for: {{ query }}")
+    rendered, prefix = selection_prompt(Templates(folder), library, "Hi?", 2)
+    assert (rendered, prefix) == ("Pick 2 of 7 for: Hi?", "")
+
+
+def test_the_selection_pattern_admits_exactly_k_feature_names(library):
+    import re
+
+    pattern = re.compile(selection_pattern(library, 2))
+    assert pattern.fullmatch(" Safety, Accuracy") and pattern.fullmatch("Literariness, Safety")
+    assert not pattern.fullmatch(" Safety")  # too few
+    assert not pattern.fullmatch(" Safety, Accuracy, Engagement")  # too many
+    assert not pattern.fullmatch(" Concision, Safety")  # a bound feature is never chosen
+    assert not pattern.fullmatch(" The most relevant feature is Safety")
+    assert re.compile(selection_pattern(library, 1)).fullmatch(" Engagement")
 
 
 def test_generated_principles_are_parsed_and_fall_back_to_the_library_per_feature(library):
