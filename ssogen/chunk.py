@@ -44,17 +44,27 @@ STEERED = ("chosen", "rejected")  # the roles whose prompts carry a steering mes
 
 
 # --- the requests of each stage, one query at a time -------------------------------------------------------
+def _ask(
+    plan: Plan, query: Query, purpose: str, text: str, max_tokens: int, answer_prefix: str = "", **sampling: Any
+) -> Request | None:
+    """A request for the policy's answer to one user turn, or None when the turn leaves no room for it."""
+    ids = plan.chat.prompt_ids([{"role": "user", "content": text}], answer_prefix)
+    if len(ids) + max_tokens > plan.config.max_model_len:
+        return None
+    return Request(ids, derive_seed(plan.config.seed, query.prompt_id, purpose), max_tokens, **sampling)
+
+
 def selection_request(plan: Plan, query: Query) -> Request | None:
     """Stage 1's request, or None when the selection prompt leaves no room for its answer."""
     config = plan.config
     text, answer_prefix = selection_prompt(plan.templates, plan.library, query.prompt, config.num_features)
-    ids = plan.chat.prompt_ids([{"role": "user", "content": text}], answer_prefix)
-    if len(ids) + config.selection_max_tokens > config.max_model_len:
-        return None
-    return Request(
-        ids,
-        derive_seed(config.seed, query.prompt_id, "select"),
+    return _ask(
+        plan,
+        query,
+        "select",
+        text,
         config.selection_max_tokens,
+        answer_prefix,
         temperature=config.selection_temperature,
         top_p=1.0,
         regex=selection_pattern(plan.library, config.num_features),
@@ -72,13 +82,11 @@ def pick_features(plan: Plan, query: Query, answer: str) -> list[Feature]:
 def principles_request(plan: Plan, query: Query, features: list[Feature]) -> Request | None:
     """Stage 2's request (query-specific principles as JSON), or None when it does not fit the context."""
     config = plan.config
-    text = principles_prompt(plan.templates, features, query.prompt)
-    ids = plan.chat.prompt_ids([{"role": "user", "content": text}])
-    if len(ids) + config.principle_max_tokens > config.max_model_len:
-        return None
-    return Request(
-        ids,
-        derive_seed(config.seed, query.prompt_id, "principles"),
+    return _ask(
+        plan,
+        query,
+        "principles",
+        principles_prompt(plan.templates, features, query.prompt),
         config.principle_max_tokens,
         temperature=config.temperature,
         top_p=config.top_p,

