@@ -174,13 +174,12 @@ def run_chunk(
         )
         for q in chunk
     ]
+    by_id = {work.query.prompt_id: work for work in works}
     stream = engine.stream(SAMPLE_CALL)
-    for work in works:
-        for role in ROLES if work.reason is None else ():
-            request = answer_request(plan, work.query, role, work.prompts[role])
-            if trace is not None:
-                trace.append(request)
-            stream.generate(("answer", work, role), request)
+    for prompt_id, role, request in sampling_requests(plan, prepared):
+        if trace is not None:
+            trace.append(request)
+        stream.generate(("answer", by_id[prompt_id], role), request)
     for (stage, work, role), result in stream:
         if stage == "answer":
             _answered(plan, stream, work, role, result)
