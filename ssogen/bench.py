@@ -1,16 +1,22 @@
 """`ssogen bench`: how close the build path runs to the engine's own ceiling, measured side by side.
 
-Owns three measurements in one process on one warmed engine, over the same queries and sampling settings:
+Owns four measurements in one process on one warmed engine, over the same queries and sampling settings:
     ssogen     the real build path for one chunk (feature selection, contrastive prompts, sampling,
                scoring, W), without writing or publishing;
-    raw        the ceiling: one engine call over exactly the y+/y-/y° requests the ssogen run sampled;
+    raw        the ceiling: one engine call generating exactly the y+/y-/y° answers the ssogen run sampled,
+               and nothing else (no log-probabilities, no scoring);
     reference  the paper authors' procedure re-created: sequential batches of 16 queries, one
-               feature-selection call, then one engine call per role per batch, no scoring.
+               feature-selection call, then one engine call per role per batch, no scoring;
+    serial     ssogen's own engine work run one stage at a time with nothing overlapped: the selection
+               call, the sampling call (y° with its log-probabilities) and the scoring of y+ and y- by
+               prefill. It shows what the method's extra work costs on this engine, and how much of it
+               the build path hides by overlapping stages.
 Throughput counts the answer tokens (y+, y-, y°) each run generated, over its wall time; the ratios are
 the point, absolute seconds mean little on a shared machine. Scoring runs in the same engine stream as
-sampling (a query is scored as soon as its answers are in), so ``scoring_share`` is the scoring time that
+sampling (an answer is scored as soon as it lands), so ``scoring_share`` is the scoring time that
 sampling did not hide (after the last answer finished) over the generation time. The last line printed is
-``bench: vs_raw=… vs_reference=… raw_vs_reference=… scoring_share=… …``.
+``bench: vs_raw=… vs_reference=… raw_vs_reference=… scoring_share=… …``; ``serial_vs_raw`` is the
+vs_raw the stages would reach with no overlap, and ``overlap_gain`` the serial wall time over ssogen's.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class BenchResult:
         return statistics.median(getattr(m, attribute) for m in self.runs[name])
 
     def ratios(self) -> dict[str, float]:
+        serial = "serial" in self.runs
         return ratios(
             ssogen_tps=self.median("ssogen", "tokens_per_second"),
             raw_tps=self.median("raw", "tokens_per_second"),
@@ -64,6 +71,7 @@ class BenchResult:
             generation_seconds=self.median("ssogen", "generate_seconds"),
             non_engine_seconds=self.median("ssogen", "non_engine_seconds"),
             ssogen_wall=self.median("ssogen", "wall_seconds"),
+            serial_tps=self.median("serial", "tokens_per_second") if serial else float("nan"),
         )
 
 
@@ -80,6 +88,7 @@ def ratios(
     generation_seconds: float,
     non_engine_seconds: float,
     ssogen_wall: float,
+    serial_tps: float = float("nan"),
 ) -> dict[str, float]:
     """The bench line's figures from measured throughputs and times."""
     return {
@@ -88,6 +97,9 @@ def ratios(
         "raw_vs_reference": _safe_div(raw_tps, reference_tps),
         "scoring_share": _safe_div(scoring_seconds, generation_seconds),
         "non_engine_share": _safe_div(non_engine_seconds, ssogen_wall),
+        "serial_vs_raw": _safe_div(serial_tps, raw_tps),
+        # Same answer tokens in both runs, so the throughput ratio is the wall-time ratio serial / ssogen.
+        "overlap_gain": _safe_div(ssogen_tps, serial_tps),
     }
 
 
@@ -102,9 +114,12 @@ def _answer_tokens(engine: Engine, before: int) -> int:
     return engine.stats.generated_tokens - before
 
 
-def measure_ssogen(engine: Engine, plan: Plan) -> tuple[Measurement, list[Request]]:
+Trace = list[tuple[str, str, Request]]  # (prompt_id, role, request) of each y+ / y- / y° the build made
+
+
+def measure_ssogen(engine: Engine, plan: Plan) -> tuple[Measurement, Trace]:
     """The build path over all queries as one chunk; returns the sampling requests it made."""
-    traced: list[Request] = []
+    traced: Trace = []
     gen0, score0 = engine.stats.generate_seconds, engine.stats.score_seconds
     answers0 = engine.stats.tokens_by_call[SAMPLE_CALL]
     started = time.perf_counter()
@@ -123,12 +138,50 @@ def measure_ssogen(engine: Engine, plan: Plan) -> tuple[Measurement, list[Reques
     )
 
 
-def measure_raw(engine: Engine, requests: list[Request]) -> Measurement:
+def measure_raw(engine: Engine, traced: Trace) -> Measurement:
+    """One generate call over the build's sampling requests, asking for nothing but the answers."""
     before = engine.stats.generated_tokens
     started = time.perf_counter()
-    engine.generate(requests, desc="raw")
+    # y°'s log-probabilities are how the build scores y°: scoring work, so not part of the ceiling.
+    engine.generate([replace(request, logprobs=False) for _, _, request in traced], desc="raw")
     wall = time.perf_counter() - started
     return Measurement("raw", wall, _answer_tokens(engine, before), generate_seconds=wall)
+
+
+def measure_serial(engine: Engine, plan: Plan, traced: Trace) -> tuple[Measurement, dict[str, float]]:
+    """The build's engine work one stage at a time: select, sample (as the build asks), score y+ and y-.
+
+    Each stage starts from an empty prefix cache except scoring, which finds x cached as the build does
+    (there y° is sampled under x before its siblings are scored); caching x is not timed.
+    """
+    queries = plan.queries.queries
+    engine.reset_prefix_cache()
+    started = time.perf_counter()
+    prepare_chunk(engine, plan, queries)
+    select = time.perf_counter() - started
+
+    engine.reset_prefix_cache()
+    before = engine.stats.generated_tokens
+    started = time.perf_counter()
+    answers = engine.generate([request for _, _, request in traced], desc="serial sample")
+    sample = time.perf_counter() - started
+    answer_tokens = _answer_tokens(engine, before)
+
+    bare = {pid: request for pid, role, request in traced if role == "original"}
+    steered = [
+        (bare[pid].prompt_ids, answer.token_ids)
+        for (pid, role, _), answer in zip(traced, answers, strict=True)
+        if role != "original"
+    ]
+    engine.reset_prefix_cache()
+    engine.generate([replace(request, max_tokens=1, logprobs=False) for request in bare.values()], desc="cache x")
+    started = time.perf_counter()
+    engine.score(steered, desc="serial score")
+    score = time.perf_counter() - started
+
+    stages = {"select": select, "sample": sample, "score": score}
+    wall = select + sample + score
+    return Measurement("serial", wall, answer_tokens, generate_seconds=select + sample, score_seconds=score), stages
 
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:
@@ -151,10 +204,10 @@ def measure_reference(engine: Engine, plan: Plan) -> Measurement:
 
 
 def run_bench(engine: Engine, plan: Plan, repeats: int, log=print) -> BenchResult:
-    """Warm the engine, then measure ssogen, raw and reference `repeats` times each (interleaved)."""
+    """Warm the engine, then measure ssogen, raw, reference and serial `repeats` times each (interleaved)."""
     warm = plan.queries.queries[:2]
     run_chunk(engine, plan, warm)  # compiles / allocates every code path once before timing
-    result = BenchResult(runs={"ssogen": [], "raw": [], "reference": []})
+    result = BenchResult(runs={"ssogen": [], "raw": [], "reference": [], "serial": []})
     for repeat in range(1, repeats + 1):
         # Each measurement starts with an empty prefix cache, so none reuses the prompts another computed.
         engine.reset_prefix_cache()
@@ -163,11 +216,13 @@ def run_bench(engine: Engine, plan: Plan, repeats: int, log=print) -> BenchResul
         raw = measure_raw(engine, traced)
         engine.reset_prefix_cache()
         reference = measure_reference(engine, plan)
-        for m in (ssogen, raw, reference):
+        serial, stages = measure_serial(engine, plan, traced)
+        for m in (ssogen, raw, reference, serial):
             result.runs[m.name].append(m)
             log(
                 f"repeat {repeat} {m.name:>9}: wall {m.wall_seconds:7.2f}s  answer tokens {m.answer_tokens:6d}  "
                 f"{m.tokens_per_second:7.1f} tok/s  generate {m.generate_seconds:6.2f}s  "
                 f"score {m.score_seconds:5.2f}s  non-engine {m.non_engine_seconds:5.2f}s"
             )
+        log(f"repeat {repeat}    stages: " + "  ".join(f"{name} {seconds:6.2f}s" for name, seconds in stages.items()))
     return result

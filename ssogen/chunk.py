@@ -147,7 +147,7 @@ class QueryWork:
 
 
 def run_chunk(
-    engine: Engine, plan: Plan, chunk: list[Query], trace: list[Request] | None = None
+    engine: Engine, plan: Plan, chunk: list[Query], trace: list[tuple[str, str, Request]] | None = None
 ) -> list[dict[str, Any]]:
     """The SSO stages for one chunk of queries; returns one row per query (kept or dropped), in chunk order.
 
@@ -156,7 +156,8 @@ def run_chunk(
     while the others still decode. The sampling requests all start together on purpose: the batch they form
     is then the same on every run, and so are the answers (on CPU, bf16 results depend on the batch; feeding
     y+ / y- in as each query's features arrived measured no faster and made runs differ).
-    ``trace``, when given, receives the y+ / y- / y° requests (the benchmark replays them in one call).
+    ``trace``, when given, receives the (prompt_id, role, request) of every y+ / y- / y° request (the
+    benchmark replays them).
     """
     # Every chunk starts from an empty prefix cache: a cache hit changes the floating-point results (bf16 on
     # CPU), so a chunk's answers would otherwise depend on the chunks before it, and a resumed build would
@@ -178,7 +179,7 @@ def run_chunk(
     stream = engine.stream(SAMPLE_CALL)
     for prompt_id, role, request in sampling_requests(plan, prepared):
         if trace is not None:
-            trace.append(request)
+            trace.append((prompt_id, role, request))
         stream.generate(("answer", by_id[prompt_id], role), request)
     for (stage, work, role), result in stream:
         if stage == "answer":

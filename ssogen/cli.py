@@ -214,7 +214,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with Engine(engine_settings(config, plan.model)) as engine:
         result = run_bench(engine, plan, args.repeats, log=lambda line: print(line, flush=True))
         start = engine.stats.start_seconds
-    for name in ("ssogen", "raw", "reference"):
+    for name in ("ssogen", "raw", "reference", "serial"):
         print(
             f"median {name:>9}: wall {result.median(name, 'wall_seconds'):7.2f}s  "
             f"answer tokens {result.median(name, 'answer_tokens'):7.0f}  "

@@ -20,9 +20,18 @@ def test_ratios_from_known_timings():
         generation_seconds=30.0,
         non_engine_seconds=2.0,
         ssogen_wall=40.0,
+        serial_tps=80.0,
     )
     assert values == pytest.approx(
-        {"vs_raw": 0.9, "vs_reference": 1.8, "raw_vs_reference": 2.0, "scoring_share": 0.1, "non_engine_share": 0.05}
+        {
+            "vs_raw": 0.9,
+            "vs_reference": 1.8,
+            "raw_vs_reference": 2.0,
+            "scoring_share": 0.1,
+            "non_engine_share": 0.05,
+            "serial_vs_raw": 0.8,
+            "overlap_gain": 90.0 / 80.0,
+        }
     )
 
 
@@ -40,12 +49,24 @@ def test_medians_over_repeats_feed_the_ratios():
             ],
             "raw": [Measurement("raw", w, 100, generate_seconds=w) for w in (1.0, 1.0, 9.0)],
             "reference": [Measurement("reference", w, 100) for w in (2.0, 4.0, 5.0)],
+            "serial": [Measurement("serial", w, 100) for w in (2.5, 2.5, 3.0)],
         }
     )
     values = result.ratios()
     assert values["vs_raw"] == pytest.approx(50.0 / 100.0)  # medians: ssogen 50 tok/s, raw 100 tok/s
     assert values["vs_reference"] == pytest.approx(50.0 / 25.0)
     assert values["scoring_share"] == pytest.approx(1.0 / 1.0)
+    assert values["serial_vs_raw"] == pytest.approx(40.0 / 100.0)  # serial median 2.5 s for 100 tokens
+    assert values["overlap_gain"] == pytest.approx(2.5 / 2.0)  # serial wall over ssogen wall
+
+
+def test_bench_without_a_serial_run_reports_nan_for_its_ratios():
+    result = BenchResult(
+        runs={name: [Measurement(name, 1.0, 100, generate_seconds=1.0)] for name in ("ssogen", "raw", "reference")}
+    )
+    values = result.ratios()
+    assert values["vs_raw"] == pytest.approx(1.0)
+    assert values["serial_vs_raw"] != values["serial_vs_raw"]  # nan
 
 
 def test_bench_line_starts_with_the_headline_ratios():
@@ -62,8 +83,10 @@ def test_tiny_bench_run_prints_a_parseable_bench_line(shared_data):
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("bench: ")
     pairs = dict(item.split("=", 1) for item in last.removeprefix("bench: ").split())
-    for key in ("vs_raw", "vs_reference", "raw_vs_reference", "scoring_share"):
+    for key in ("vs_raw", "vs_reference", "raw_vs_reference", "scoring_share", "serial_vs_raw", "overlap_gain"):
         assert float(pairs[key]) > 0, (key, last)
+    stage_lines = [line for line in result.stdout.splitlines() if "stages:" in line]
+    assert stage_lines and all(f"{stage} " in stage_lines[0] for stage in ("select", "sample", "score"))
     assert pairs["queries"] == "2"
 
 
