@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 CPU_MEMORY_FRACTION = 0.2
 # KV-cache block size on CPU: prefix caching shares whole blocks (see `Engine.__init__`).
 CPU_BLOCK_SIZE = 32
+# How long a failed call waits for vLLM to notice that an engine process died (see `Engine.died`).
+DEATH_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -155,16 +157,30 @@ class Engine:
         resources = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         return bool(getattr(getattr(resources, "resources", None), "engine_dead", False))
 
+    def died(self, grace: float = DEATH_GRACE_SECONDS) -> bool:
+        """Whether an engine process exited, waiting up to ``grace`` seconds for vLLM to notice.
+
+        A call can fail because a process died (a utility call is "cancelled", a step finds the executor
+        gone) a moment before vLLM's monitor marks the engine dead; without the wait that death would be
+        reported as an ordinary failure.
+        """
+        deadline = time.monotonic() + grace
+        while not self.is_dead():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def failure(self, during: str, exc: BaseException) -> EngineError:
         """The error to raise when a call into vLLM failed, saying what happened in the user's terms."""
-        if self.is_dead():
+        if self.died():
             return EngineError(
                 f"the vLLM engine's process exited during {during} (killed, or out of memory: "
                 f"try a smaller --chunk-size or --max-model-len)"
             )
         return EngineError(f"the vLLM engine failed during {during}: {type(exc).__name__}: {exc}")
 
-    def _call_core(self, method: str, *args: Any) -> bool:
+    def _call_core(self, during: str, method: str, *args: Any) -> bool:
         """Call one of the engine core's utility methods; False where the client has none (in-process core)."""
         client = self.llm.llm_engine.engine_core
         if not hasattr(client, "call_utility"):
@@ -172,7 +188,7 @@ class Engine:
         try:
             client.call_utility(method, *args)
         except Exception as exc:
-            raise self.failure(method, exc) from exc
+            raise self.failure(during, exc) from exc
         return True
 
     @property
@@ -329,7 +345,7 @@ class EngineStream:
         # Hold the scheduler until iteration starts, so the requests added before it form the first batch
         # together: the engine would otherwise start on the first few while the rest are still being sent,
         # and (bf16 on CPU) a different batch gives different answers.
-        self._held = engine._call_core("pause_scheduler", "keep", False)
+        self._held = engine._call_core(desc, "pause_scheduler", "keep", False)
 
     def generate(self, key: Hashable, request: Request) -> None:
         self._add(_Pending(key, "generate", list(request.prompt_ids)), _sampling(request))
@@ -362,7 +378,7 @@ class EngineStream:
         try:
             self.engine.llm.llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
         except Exception as exc:
-            if self.engine.is_dead():
+            if self.engine.died():
                 raise self.engine.failure(self.desc, exc) from exc
             raise EngineError(f"the vLLM engine refused a request during {self.desc}: {exc}") from exc
         self.pending[request_id] = item
@@ -378,7 +394,7 @@ class EngineStream:
         core = engine.llm.llm_engine
         self._bar = tqdm(total=len(self.pending), desc=self.desc, leave=False)
         if self._held:
-            engine._call_core("resume_scheduler")
+            engine._call_core(self.desc, "resume_scheduler")
             self._held = False
         mark = time.perf_counter()
         try:

@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import psutil
 import pytest
 import yaml
 
+from ssogen.engine import Engine
 from ssogen.errors import UsageError
 from ssogen.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
 from tests.conftest import BUILT_ARGS, REPO, run_cli
@@ -158,3 +161,28 @@ def test_overwrite_never_deletes_a_folder_ssogen_did_not_build(tmp_path):
     with pytest.raises(UsageError, match="not empty"):
         OutputFolder(tmp_path).prepare({"run": {}, "settings": {}}, overwrite=True)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def engine_whose_death_vllm_notices_after(delay: float | None) -> Engine:
+    """An `Engine` shell around vLLM's dead-engine flag only: what `Engine.failure` reads."""
+    resources = SimpleNamespace(engine_dead=False)
+    if delay is not None:
+        threading.Timer(delay, lambda: setattr(resources, "engine_dead", True)).start()
+    engine = Engine.__new__(Engine)
+    engine.llm = SimpleNamespace(llm_engine=SimpleNamespace(engine_core=SimpleNamespace(resources=resources)))
+    return engine
+
+
+def test_a_call_that_fails_just_before_vllm_notices_the_death_is_reported_as_the_death():
+    # Seen in the kill test: a utility call came back "cancelled" a moment before vLLM marked the engine dead.
+    engine = engine_whose_death_vllm_notices_after(0.5)
+    error = engine.failure("sample y+ y- y°", RuntimeError("Call to pause_scheduler method failed: cancelled"))
+    assert str(error).startswith("the vLLM engine's process exited during sample y+ y- y° (killed, or out of memory")
+
+
+def test_a_failure_of_a_live_engine_is_reported_as_it_is_after_the_grace_period():
+    engine = engine_whose_death_vllm_notices_after(None)
+    started = time.monotonic()
+    error = engine.failure("select features", ValueError("bad request"))
+    assert str(error) == "the vLLM engine failed during select features: ValueError: bad request"
+    assert time.monotonic() - started < 30
