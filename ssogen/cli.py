@@ -11,6 +11,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -135,12 +136,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         return 0
     resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
     try:
-        summary = build(config, overwrite=args.overwrite)
+        try:
+            summary = build(config, overwrite=args.overwrite)
+        except EngineError as exc:
+            if _interrupted.is_set():  # the engine stopped because the user (or a scheduler) stopped us
+                raise KeyboardInterrupt from exc
+            raise EngineError(f"{exc}\n{resume}") from exc
     except KeyboardInterrupt:
         print(f"interrupted: {resume}", file=sys.stderr)
         return 130
-    except EngineError as exc:
-        raise EngineError(f"{exc}\n{resume}") from exc
     for line in summary.lines():
         logger.info("%s", line)
     logger.info("wrote %s", config.output)
@@ -182,7 +186,14 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+_interrupted = threading.Event()
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    # Remembered because the interrupt may not be what surfaces: Ctrl-C reaches vLLM's engine processes
+    # too, and the main thread can see their exit (an engine error) before, or instead of, its own
+    # KeyboardInterrupt.
+    _interrupted.set()
     raise KeyboardInterrupt
 
 
@@ -236,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
     # A pre-empted job gets SIGTERM: stop as on Ctrl-C, keeping every finished chunk.
+    _interrupted.clear()
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     handlers = {
         "build": _cmd_build,
         "push": _cmd_push,
@@ -247,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except SsogenError as exc:
+        if _interrupted.is_set():
+            print("interrupted", file=sys.stderr)
+            return 130
         if args.debug:
             logger.exception("error")
         print(f"error: {exc}", file=sys.stderr)

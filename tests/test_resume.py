@@ -16,7 +16,8 @@ import psutil
 import pytest
 import yaml
 
-from ssogen.engine import Engine
+from ssogen import cli, pipeline
+from ssogen.engine import Engine, EngineError
 from ssogen.errors import UsageError
 from ssogen.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
 from tests.conftest import BUILT_ARGS, REPO, run_cli
@@ -186,3 +187,27 @@ def test_a_failure_of_a_live_engine_is_reported_as_it_is_after_the_grace_period(
     error = engine.failure("select features", ValueError("bad request"))
     assert str(error) == "the vLLM engine failed during select features: ValueError: bad request"
     assert time.monotonic() - started < 30
+
+
+def test_an_engine_error_after_an_interrupt_is_reported_as_the_interrupt(monkeypatch, tmp_path, capsys):
+    # Ctrl-C reaches vLLM's processes too; seen in CI: their exit surfaced as an engine error, not as Ctrl-C.
+    def build(config, overwrite):
+        cli._interrupted.set()  # what the signal handler records
+        raise EngineError("the vLLM engine's process exited during sample y+ y- y°")
+
+    monkeypatch.setattr(pipeline, "build", build)
+    monkeypatch.setattr(cli, "_interrupted", type(cli._interrupted)())
+    args = cli.make_parser().parse_args(["build", "--output", str(tmp_path / "out")])
+    assert cli._cmd_build(args) == 130
+    assert "interrupted: finished chunks are kept in" in capsys.readouterr().err
+
+
+def test_an_engine_error_without_an_interrupt_stays_an_engine_error(monkeypatch, tmp_path):
+    def build(config, overwrite):
+        raise EngineError("the vLLM engine's process exited during sample y+ y- y°")
+
+    monkeypatch.setattr(pipeline, "build", build)
+    monkeypatch.setattr(cli, "_interrupted", type(cli._interrupted)())
+    args = cli.make_parser().parse_args(["build", "--output", str(tmp_path / "out")])
+    with pytest.raises(EngineError, match="run the same command again to resume"):
+        cli._cmd_build(args)
