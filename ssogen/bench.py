@@ -12,9 +12,8 @@ Owns four measurements in one process on one warmed engine, over the same querie
                prefill. It shows what the method's extra work costs on this engine, and how much of it
                the build path hides by overlapping stages.
 Throughput counts the answer tokens (y+, y-, y°) each run generated, over its wall time; the ratios are
-the point, absolute seconds mean little on a shared machine. Scoring runs in the same engine stream as
-sampling (an answer is scored as soon as it lands), so ``scoring_share`` is the scoring time that
-sampling did not hide (after the last answer finished) over the generation time. The last line printed is
+the point, absolute seconds mean little on a shared machine. Scoring is its own engine call after sampling,
+so ``scoring_share`` is its time over the generation time. The last line printed is
 ``bench: vs_raw=… vs_reference=… raw_vs_reference=… scoring_share=… …``; ``serial_vs_raw`` is the
 vs_raw the stages would reach with no overlap, and ``overlap_gain`` the serial wall time over ssogen's.
 """

@@ -1,10 +1,11 @@
 """One chunk of queries through the SSO stages on one engine.
 
-Owns: the requests of each stage and the flow of a chunk. Stages 1-3 (select features, write principles,
-build x+ / x- / x) run as one engine call each over the whole chunk; then every y+, y- and y° of the chunk
-is in flight together in one engine stream, and each answer is cleaned and scored under the bare query the
-moment it lands, while the rest still decode, reusing the KV cache y° left for x. `ssogen bench` measures
-how close this gets to one raw engine call over the same requests.
+Owns: the requests of each stage and the flow of a chunk. Each stage is one engine call over the whole
+chunk: select features, write principles (optional), then every y+, y- and y° of the chunk in flight
+together, then the scoring of every kept y+ and y- under the bare query, reusing the KV cache y° left for x.
+Each call's requests are released to the engine together, so a chunk's batches, answers and scores are
+the same on every run. `ssogen bench` measures how close this gets to one raw engine call over the same
+requests.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ssogen.engine import Completion, Engine, EngineStream, Request
+from ssogen.engine import Completion, Engine, Request
 from ssogen.library import Feature
 from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query
@@ -37,7 +38,8 @@ from ssogen.steer import (
 if TYPE_CHECKING:
     from ssogen.pipeline import Plan
 
-SAMPLE_CALL = "sample y+ y- y°"  # the engine stream of a chunk, named in progress bars and engine stats
+SAMPLE_CALL = "sample y+ y- y°"  # engine calls, named in progress bars and engine stats
+SCORE_CALL = "score y+ y-"
 SELECT_CALL = "select features"
 PRINCIPLES_CALL = "write principles"
 STEERED = ("chosen", "rejected")  # the roles whose prompts carry a steering message
@@ -151,11 +153,10 @@ def run_chunk(
 ) -> list[dict[str, Any]]:
     """The SSO stages for one chunk of queries; returns one row per query (kept or dropped), in chunk order.
 
-    Stages 1-3 run as one engine call each (`prepare_chunk`). Then every y+, y- and y° of the chunk goes into
-    one engine stream at once, and each answer is cleaned and sent for scoring under x the moment it lands,
-    while the others still decode. The sampling requests all start together on purpose: the batch they form
-    is then the same on every run, and so are the answers (on CPU, bf16 results depend on the batch; feeding
-    y+ / y- in as each query's features arrived measured no faster and made runs differ).
+    Stages 1-3 run as one engine call each (`prepare_chunk`); then one call samples every y+, y- and y° of
+    the chunk, and one call scores every kept y+ and y- under x. Scoring each answer the moment it landed,
+    while the others still decoded, measured 2-4 % slower on CPU than scoring them all afterwards (`ssogen
+    bench`, ``overlap_gain``), and made π̃ depend on timing; all together, dropped queries are never scored.
     ``trace``, when given, receives the (prompt_id, role, request) of every y+ / y- / y° request (the
     benchmark replays them).
     """
@@ -176,26 +177,27 @@ def run_chunk(
         for q in chunk
     ]
     by_id = {work.query.prompt_id: work for work in works}
-    stream = engine.stream(SAMPLE_CALL)
+    sampling = engine.stream(SAMPLE_CALL)
     for prompt_id, role, request in sampling_requests(plan, prepared):
         if trace is not None:
             trace.append((prompt_id, role, request))
-        stream.generate(("answer", by_id[prompt_id], role), request)
-    for (stage, work, role), result in stream:
-        if stage == "answer":
-            _answered(plan, stream, work, role, result)
-        else:
-            work.scores[role] = result
-    # 6. π̃ and W, one row per query in chunk order.
+        sampling.generate((by_id[prompt_id], role), request)
+    for (work, role), answer in sampling:
+        _answered(plan, work, role, answer)
+    # 5. π̃ of every kept answer that its sampling did not score, by prefill under x.
+    scoring = engine.stream(SCORE_CALL)
+    for work in works:
+        for role in ROLES:
+            if not work.reason and role not in work.scores:
+                scoring.score((work, role), work.prompts["original"], work.responses[role])
+    for (work, role), scores in scoring:
+        work.scores[role] = scores
+    # 6. W, one row per query in chunk order.
     return [dropped_row(w.query, w.features, w.reason, plan) if w.reason else _record(plan, w) for w in works]
 
 
-def _answered(plan: Plan, stream: EngineStream, work: QueryWork, role: str, answer: Completion) -> None:
-    """5. Clean an answer and send it for scoring under x at once; filter the query once all three are in.
-
-    Scoring as each answer lands overlaps the other answers' decoding; the filter, which needs all three,
-    only rarely makes that work wasted (its scorings are then aborted).
-    """
+def _answered(plan: Plan, work: QueryWork, role: str, answer: Completion) -> None:
+    """4. Clean an answer and note the tokens to score; filter the query once all three are in."""
     work.answers[role] = answer
     text = work.texts[role] = strip_label(answer.text)
     if text:
@@ -204,15 +206,9 @@ def _answered(plan: Plan, stream: EngineStream, work: QueryWork, role: str, answ
         finished = answer.finish_reason == "stop"
         work.responses[role] = list(answer.token_ids) if unchanged else plan.chat.response_ids(text, finished)
         if unchanged and answer.token_logprobs is not None:
-            work.scores[role] = answer.token_logprobs
-        else:
-            stream.score(("score", work, role), work.prompts["original"], work.responses[role])
-    if len(work.answers) < len(ROLES):
-        return
-    work.reason = drop_reason(*(work.texts[r] for r in ROLES))
-    if work.reason:
-        for r in ROLES:
-            stream.abort(("score", work, r))
+            work.scores[role] = answer.token_logprobs  # y°, sampled under x itself
+    if len(work.answers) == len(ROLES):
+        work.reason = drop_reason(*(work.texts[r] for r in ROLES))
 
 
 def _record(plan: Plan, work: QueryWork) -> dict[str, Any]:

@@ -320,23 +320,20 @@ class _Pending:
 
 
 class EngineStream:
-    """Generation and scoring requests that can be added while results come back.
+    """One engine call: generation and scoring requests released together, results as each finishes.
 
-    `LLM.generate` waits for its whole batch, so a stage that depends on another (score an answer once it
-    is sampled) would wait for the slowest request while the engine runs a thinning batch. Here each
-    result is handed back the moment it finishes and the caller
-    may add the requests that depend on it at once, so the engine's batch stays full. Results come as
+    The requests added before iteration starts form the engine's first batch together (the scheduler is
+    held until then); each result is handed back the moment it finishes, and requests may still be added
+    while iterating (a scoring whose cache hit reached into the answer is redone that way). Results come as
     (key, Completion) for a generation and (key, list of per-token log-probabilities) for a scoring.
 
-    Time is booked as generation while any generation is in flight, and as scoring otherwise: the
-    scoring time reported is what generation did not hide.
+    Time is booked as generation while any generation is in flight, and as scoring otherwise.
     """
 
     def __init__(self, engine: Engine, desc: str) -> None:
         self.engine = engine
         self.desc = desc
         self.pending: dict[str, _Pending] = {}
-        self.request_ids: dict[Hashable, str] = {}
         self.generations_left = 0
         self._ids = itertools.count()
         self._bar: Any = None
@@ -354,18 +351,6 @@ class EngineStream:
     def score(self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> None:
         self._score(_Pending(key, "score", list(prompt_ids), list(response_ids), self._read_cache))
 
-    def abort(self, key: Hashable) -> None:
-        """Drop a request still in flight (its result will not come)."""
-        request_id = self.request_ids.pop(key, None)
-        if request_id is None or request_id not in self.pending:
-            return
-        if self.pending.pop(request_id).kind == "generate":
-            self.generations_left -= 1
-        self.engine.llm.llm_engine.abort_request([request_id])
-        if self._bar is not None:
-            self._bar.total -= 1
-            self._bar.refresh()
-
     def _score(self, item: _Pending) -> None:
         assert item.response_ids is not None
         self._add(item, _scoring(item.read_cache), ids=item.prompt_ids + item.response_ids)
@@ -382,7 +367,6 @@ class EngineStream:
                 raise self.engine.failure(self.desc, exc) from exc
             raise EngineError(f"the vLLM engine refused a request during {self.desc}: {exc}") from exc
         self.pending[request_id] = item
-        self.request_ids[item.key] = request_id
         if self._bar is not None:
             self._bar.total += 1
             self._bar.refresh()
@@ -413,7 +397,6 @@ class EngineStream:
                     if not out.finished or out.request_id not in self.pending:
                         continue
                     item = self.pending.pop(out.request_id)
-                    del self.request_ids[item.key]
                     if item.kind == "generate":
                         self._bar.update(1)
                         self.generations_left -= 1
