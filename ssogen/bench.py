@@ -9,8 +9,8 @@ Owns four measurements in one process on one warmed engine, over the same querie
                feature-selection call, then one engine call per role per batch, no scoring;
     serial     ssogen's own engine work run one stage at a time with nothing overlapped: the selection
                call, the sampling call (y° with its log-probabilities) and the scoring of y+ and y- by
-               prefill. It shows what the method's extra work costs on this engine, and how much of it
-               the build path hides by overlapping stages.
+               prefill. It shows what the method's extra work costs on this engine, and what the build
+               path costs beyond it (or saves, where its engine calls overlap).
 Throughput counts the answer tokens (y+, y-, y°) each run generated, over its wall time; the ratios are
 the point, absolute seconds mean little on a shared machine. Scoring is its own engine call after sampling,
 so ``scoring_share`` is its time over the generation time. The last line printed is

@@ -155,8 +155,8 @@ def run_chunk(
 
     Stages 1-3 run as one engine call each (`prepare_chunk`); then one call samples every y+, y- and y° of
     the chunk, and one call scores every kept y+ and y- under x. Scoring each answer the moment it landed,
-    while the others still decoded, measured 2-4 % slower on CPU than scoring them all afterwards (`ssogen
-    bench`, ``overlap_gain``), and made π̃ depend on timing; all together, dropped queries are never scored.
+    while the others still decoded, measured no faster on CPU (`ssogen bench`) and made π̃ depend on timing;
+    scored together afterwards, π̃ is reproducible and dropped queries are never scored.
     ``trace``, when given, receives the (prompt_id, role, request) of every y+ / y- / y° request (the
     benchmark replays them).
     """
