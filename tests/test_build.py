@@ -14,6 +14,13 @@ from ssogen.scoring import weight
 from ssogen.store import RECORD_SCHEMA
 
 
+def small_plan(queries, tmp_path, **settings):
+    """A plan over `queries` with a 2048-token context, writing under `tmp_path` (nothing is written here)."""
+    from ssogen.pipeline import plan_build
+
+    return plan_build(BuildConfig(queries=str(queries), max_model_len=2048, output=tmp_path / "o", **settings))
+
+
 @pytest.fixture(scope="module")
 def built(built_run):
     return built_run
@@ -83,16 +90,8 @@ def test_settings_are_recorded_with_the_data(built):
 def test_same_seed_gives_the_same_records(engine, shared_data, tmp_path):
     """Two runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
     from ssogen.chunk import run_chunk
-    from ssogen.pipeline import plan_build
 
-    config = BuildConfig(
-        queries=str(shared_data / "seed_tasks.jsonl"),
-        limit=3,
-        max_new_tokens=48,
-        max_model_len=2048,
-        output=tmp_path / "o",
-    )
-    plan = plan_build(config)
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=3, max_new_tokens=48)
     first = run_chunk(engine, plan, plan.queries.queries)
     second = run_chunk(engine, plan, plan.queries.queries)
     assert first == second
@@ -115,13 +114,11 @@ def test_seeded_requests_survive_long_prompts_on_cpu(engine, tokenizer):
 
 def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp_path):
     from ssogen.chunk import run_chunk
-    from ssogen.pipeline import plan_build
 
     path = tmp_path / "q.jsonl"
     long_query = "please summarise: " + "lorem ipsum " * 1200
     path.write_text(json.dumps({"prompt": long_query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
-    config = BuildConfig(queries=str(path), max_new_tokens=32, max_model_len=2048, output=tmp_path / "o")
-    plan = plan_build(config)
+    plan = small_plan(path, tmp_path, max_new_tokens=32)
     rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
     assert rows[long_query.strip()]["drop_reason"] == "prompt_too_long"
     assert rows["Say hi."]["drop_reason"] != "prompt_too_long"
@@ -130,16 +127,14 @@ def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp
 def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_reason(engine, tmp_path):
     """x fits the context with room for an answer, but x+ (x plus the steering message) does not."""
     from ssogen.chunk import run_chunk
-    from ssogen.pipeline import plan_build
 
     path = tmp_path / "q.jsonl"
     query = "please summarise: " + "lorem ipsum " * 100
     path.write_text(json.dumps({"prompt": query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
-    probe = plan_build(BuildConfig(queries=str(path), max_new_tokens=32, max_model_len=2048, output=tmp_path / "o"))
+    probe = small_plan(path, tmp_path, max_new_tokens=32)
     x = len(probe.chat.prompt_ids(probe.queries.queries[0].messages()))
     # Room for prompts = 2048 - max_new_tokens: just enough for x, far too little for x plus p+ or p-.
-    config = BuildConfig(queries=str(path), max_new_tokens=2048 - x - 5, max_model_len=2048, output=tmp_path / "o")
-    plan = plan_build(config)
+    plan = small_plan(path, tmp_path, max_new_tokens=2048 - x - 5)
     rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
     assert rows[query.strip()]["drop_reason"] == "prompt_too_long"
     assert rows["Say hi."]["drop_reason"] is None or rows["Say hi."]["drop_reason"] != "prompt_too_long"
@@ -147,13 +142,9 @@ def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_re
 
 def test_feature_selection_answers_are_held_to_k_library_names(engine, shared_data, tmp_path):
     from ssogen.chunk import selection_request
-    from ssogen.pipeline import plan_build
     from ssogen.steer import parse_features
 
-    config = BuildConfig(
-        queries=str(shared_data / "seed_tasks.jsonl"), limit=6, max_new_tokens=32, max_model_len=2048, output=tmp_path
-    )
-    plan = plan_build(config)
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=32)
     answers = engine.generate([selection_request(plan, q) for q in plan.queries.queries])
     for answer in answers:
         names = [name.strip() for name in answer.text.split(",")]
@@ -163,18 +154,15 @@ def test_feature_selection_answers_are_held_to_k_library_names(engine, shared_da
 
 def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engine, shared_data, tmp_path):
     from ssogen.chunk import run_chunk
-    from ssogen.pipeline import plan_build
 
-    config = BuildConfig(
-        queries=str(shared_data / "seed_tasks.jsonl"),
+    plan = small_plan(
+        shared_data / "seed_tasks.jsonl",
+        tmp_path,
         limit=3,
         max_new_tokens=24,
         principle_max_tokens=160,
         generate_principles=True,
-        max_model_len=2048,
-        output=tmp_path / "o",
     )
-    plan = plan_build(config)
     rows = run_chunk(engine, plan, plan.queries.queries)
     library_text = {f.positive for f in plan.library}
     sources = {r.get("principle_source") for r in rows if r["drop_reason"] is None}
