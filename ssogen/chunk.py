@@ -225,6 +225,8 @@ def _record(plan: Plan, work: QueryWork) -> dict[str, Any]:
         **{f"logp_{role}": pi[role] for role in ROLES},
         **{f"tokens_{role}": len(work.responses[role]) for role in ROLES},
         **{f"finish_{role}": work.answers[role].finish_reason for role in ROLES},
+        **{f"degenerate_{role}": work.answers[role].finish_reason == "repetition" for role in ROLES},
+        "steering_in_user": not plan.chat.supports_system,
         "truncated": any(work.answers[role].finish_reason == "length" for role in ROLES),
         "weight": weight(pi["chosen"], pi["rejected"], plan.config.alpha),
         "alpha": plan.config.alpha,

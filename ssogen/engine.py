@@ -74,14 +74,19 @@ class Request:
     # Return each sampled token's log-probability under the raw model distribution (before temperature
     # and top-p): for an answer sampled under the bare query that is exactly what scoring would compute.
     logprobs: bool = False
+    # Return the log-probabilities of just these tokens at each answer position (a verdict or a ranking
+    # read off the first position with max_tokens=1: one prefill, no sampling needed).
+    logprob_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (ended by itself) or "length" (cut by max_tokens)
+    finish_reason: str  # "stop" (ended by itself), "length" (cut by max_tokens) or "repetition" (a loop)
     token_logprobs: list[float] | None = None
+    # With `Request.logprob_token_ids`: token id -> log-probability at the first answer position.
+    label_logprobs: dict[int, float] | None = None
 
 
 @dataclass
@@ -220,14 +225,16 @@ class Engine:
         """A stream of requests that may be added while results come back (see `EngineStream`)."""
         return EngineStream(self, desc)
 
-    def _completion(self, out: Any, desc: str) -> Completion:
+    def _completion(self, out: Any, request: Request, desc: str) -> Completion:
         best = out.outputs[0]
-        logprobs = None
-        if best.logprobs is not None:
+        logprobs = labels = None
+        if best.logprobs is not None and request.logprob_token_ids:
+            labels = {token: best.logprobs[0][token].logprob for token in request.logprob_token_ids}
+        elif best.logprobs is not None:
             logprobs = [step[token].logprob for step, token in zip(best.logprobs, best.token_ids, strict=True)]
         self.stats.generated_tokens += len(best.token_ids)
         self.stats.tokens_by_call[desc] += len(best.token_ids)
-        return Completion(best.text, list(best.token_ids), best.finish_reason or "", logprobs)
+        return Completion(best.text, list(best.token_ids), best.finish_reason or "", logprobs, labels)
 
     def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float]:
         self.stats.scored_tokens += len(response)
@@ -271,6 +278,7 @@ def _sampling(request: Request) -> Any:
         seed=request.seed,
         stop=list(request.stop) or None,
         logprobs=0 if request.logprobs else None,
+        logprob_token_ids=list(request.logprob_token_ids) if request.logprob_token_ids else None,
         structured_outputs=structured,
     )
 
@@ -317,6 +325,7 @@ class _Pending:
     prompt_ids: list[int]
     response_ids: list[int] | None = None  # for a scoring: the answer after the prompt
     read_cache: bool = False
+    request: Request | None = None  # for a generation
 
 
 class EngineStream:
@@ -345,7 +354,7 @@ class EngineStream:
         self._held = engine._call_core(desc, "pause_scheduler", "keep", False)
 
     def generate(self, key: Hashable, request: Request) -> None:
-        self._add(_Pending(key, "generate", list(request.prompt_ids)), _sampling(request))
+        self._add(_Pending(key, "generate", list(request.prompt_ids), request=request), _sampling(request))
         self.generations_left += 1
 
     def score(self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> None:
@@ -400,7 +409,8 @@ class EngineStream:
                     if item.kind == "generate":
                         self._bar.update(1)
                         self.generations_left -= 1
-                        yield item.key, engine._completion(out, self.desc)
+                        assert item.request is not None
+                        yield item.key, engine._completion(out, item.request, self.desc)
                     elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
                         # The cache hit reached into the answer (another answer began with the same tokens), so
                         # some of its positions have no log-probability: score it again without the cache.

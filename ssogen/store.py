@@ -45,6 +45,11 @@ RECORD_SCHEMA = pa.schema(
         ("rejected", pa.string()),
         ("original", pa.string()),
         *_PER_ROLE,
+        # An answer judged a degenerate loop (stopped by the engine's repetition check, or found by
+        # `ssogen.quality` after it ended); a kept row can only have a degenerate y- (the rejected side).
+        *[(f"degenerate_{role}", pa.bool_()) for role in ("chosen", "rejected", "original")],
+        # The model's chat template has no system role, so p+ / p- went into the first user turn.
+        ("steering_in_user", pa.bool_()),
         ("truncated", pa.bool_()),
         ("weight", pa.float64()),
         ("alpha", pa.float64()),

@@ -113,6 +113,8 @@ def make_record(i: int, **changes: object) -> dict:
         **{f"logp_{r}": -1.0 - i / 10 - k / 7 for k, r in enumerate(ROLES)},
         **{f"tokens_{r}": 3 + i for r in ROLES},
         **{f"finish_{r}": "stop" for r in ROLES},
+        **{f"degenerate_{r}": False for r in ROLES},
+        "steering_in_user": False,
         "truncated": False,
         "weight": 0.6 + i / 50,
         "alpha": 0.5,
