@@ -13,14 +13,11 @@ environment as well, only so that nothing started from a test could reach the re
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,73 +26,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from ssogen.errors import PublishError, UsageError
 from ssogen.publish import push_folder, validate_repo_id
-
-SERVER = Path(__file__).with_name("hub_server.py")
-TOKEN = "hf_loopbackTestToken0123456789"
-REPO = "ssogen-test/prefs"
-
-
-@dataclass
-class Hub:
-    """A running hub_server.py and readers for what it stored."""
-
-    url: str
-    storage: Path
-
-    def meta(self, repo_id: str = REPO) -> dict:
-        return json.loads((self.storage / "datasets" / repo_id / "repo.json").read_text())
-
-    def files(self, oid: str, repo_id: str = REPO) -> dict[str, bytes]:
-        snap = self.storage / "datasets" / repo_id / "commits" / oid
-        return {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
-
-    def requests(self) -> list[str]:
-        log = self.storage / "requests.log"
-        return log.read_text().splitlines() if log.exists() else []
-
-    def commit_requests(self) -> list[str]:
-        return [r for r in self.requests() if r.startswith("POST ") and "/commit/" in r]
-
-
-@pytest.fixture
-def start_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Hub]]:
-    """Factory: start a hub_server.py subprocess (optionally failing its first commits)."""
-    procs: list[subprocess.Popen[str]] = []
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-
-    def start(fail_first: int = 0) -> Hub:
-        storage = tmp_path / f"hub{len(procs)}"
-        cmd = [sys.executable, str(SERVER), "--port", "0", "--storage", str(storage), "--token", TOKEN]
-        with open(tmp_path / "hub_server.stderr", "ab") as err:
-            proc = subprocess.Popen(
-                [*cmd, "--fail-first", str(fail_first)], stdout=subprocess.PIPE, stderr=err, text=True
-            )
-        procs.append(proc)
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:  # bounded wait: a broken server must not hang the suite
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(timeout=20)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            raise RuntimeError(f"hub_server did not start: {line!r}\n{(tmp_path / 'hub_server.stderr').read_text()}")
-        url = f"http://127.0.0.1:{int(line.split()[1])}"
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        return Hub(url=url, storage=storage)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def hub(start_hub: Callable[..., Hub]) -> Hub:
-    return start_hub()
+from tests.hubtest import REPO, TOKEN, Hub
 
 
 def make_folder(root: Path, round_: int, *, with_test_split: bool = False) -> Path:
@@ -235,7 +166,8 @@ def test_wrong_token_fails_with_auth_message_without_leaking_it_or_touching_the_
     assert failed.value.__cause__ is None
     assert wrong not in caplog.text
     assert digests(folder) == before
-    assert hub.requests().count("POST /api/repos/create 401") == 1  # 401 is not retried
+    # The first call (reading the repo) is answered 401, and a 401 is not retried.
+    assert hub.requests() == [f"GET /api/datasets/{REPO} 401"]
     assert not [r for r in hub.requests() if "/preupload/" in r or "/commit/" in r]
 
 
