@@ -1,13 +1,7 @@
 """Publishing tests: the real huggingface_hub client against tests/hub_server.py on loopback.
 
-Each test starts the server as a subprocess on 127.0.0.1, port 0, and reads its
-``READY <port>`` line. Pointing the client at it: huggingface_hub reads ``HF_ENDPOINT`` once,
-at import, into ``constants.ENDPOINT`` *and* into ``constants.HUGGINGFACE_CO_URL_TEMPLATE``
-(the download URL template). Monkeypatching ``constants.ENDPOINT`` alone therefore sends API
-calls to the loopback server but downloads to huggingface.co (``hf_hub_url`` only rewrites
-URLs that start with the current ``ENDPOINT``). So the tests pass ``endpoint=`` explicitly to
-``push_folder``, ``HfApi`` and ``snapshot_download``; ``HF_ENDPOINT`` is set in the
-environment as well, only so that nothing started from a test could reach the real Hub.
+Each test starts the server as a subprocess (the ``hub`` / ``start_hub`` fixtures; how the client is
+pointed at it: tests/hubtest.py). The policy points of issue 15 are in tests/test_publish_policy.py.
 """
 
 from __future__ import annotations
@@ -238,7 +232,14 @@ def test_cli_push_publishes_a_built_folder_and_datasets_loads_it_from_the_hub(
 
     meta = hub.meta()
     expected = {p: b for p, b in local_files(built_folder).items() if not p.startswith(".ssogen/")}
-    assert without_gitattributes(hub.files(meta["tags"]["round-0"])) == expected
+    published = without_gitattributes(hub.files(meta["tags"]["round-0"]))
+    # The card goes up with its snippets loading the repo instead of the folder it was built in.
+    local_card = expected.pop("README.md").decode()
+    assert f'load_dataset("{built_folder}", "dpo")' in local_card
+    assert published.pop("README.md").decode() == local_card.replace(
+        f'load_dataset("{built_folder}"', f'load_dataset("{REPO}"'
+    )
+    assert published == expected
     assert digests(built_folder) == before
 
     code = (
