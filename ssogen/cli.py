@@ -164,32 +164,27 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if config.push_to_hub:
         from ssogen.publish import push_folder
 
-        result = push_folder(
-            config.output,
-            config.push_to_hub,
-            round=config.round,
-            private=config.private,
-            revision=config.revision,
-            overwrite_round=config.overwrite_round,
-            replace_repo_data=config.replace_repo_data,
-        )
+        result = push_folder(config.output, config.push_to_hub, **_push_options(config))
         logger.info("%s", result.line())
     return 0
+
+
+def _push_options(config: BuildConfig) -> dict[str, Any]:
+    """The settings a push (and the checks before it) takes from a build's settings."""
+    return {
+        "round": config.round,
+        "private": config.private,
+        "revision": config.revision,
+        "overwrite_round": config.overwrite_round,
+        "replace_repo_data": config.replace_repo_data,
+    }
 
 
 def _preflight_push(config: BuildConfig, repo_id: str) -> None:
     """Before any generation: everything that would make the final push fail (token, access, tag, files)."""
     from ssogen.publish import preflight_push
 
-    line = preflight_push(
-        repo_id,
-        folder=config.output,
-        round=config.round,
-        private=config.private,
-        revision=config.revision,
-        overwrite_round=config.overwrite_round,
-        replace_repo_data=config.replace_repo_data,
-    )
+    line = preflight_push(repo_id, folder=config.output, **_push_options(config))
     logger.info("--push-to-hub checked before the build: %s", line)
 
 

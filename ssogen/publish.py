@@ -233,8 +233,9 @@ def preflight_push(
                 f"be refused. Pass --overwrite-round to replace that round, or choose another --round."
             )
         return f"{user} may write {repo_id} ({_visibility(visibility)}); {tag} already holds this folder"
-    head = hub.branch_head(options.branch) or hub.branch_head(DEFAULT_BRANCH)
-    foreign = _plan(hub.tree(head), hub.ssogen_tree(options.branch), None).foreign
+    # A branch that does not exist yet will be made from main: main's files and history are what it starts with.
+    branch = options.branch if hub.branch_head(options.branch) else DEFAULT_BRANCH
+    foreign = _plan(hub.tree(hub.branch_head(branch)), hub.ssogen_tree(branch), None).foreign
     if foreign and not replace_repo_data:
         raise UsageError(_foreign_message(repo_id, foreign, "the push at the end of the build would delete or replace"))
     return f"{user} may write {repo_id} ({_visibility(visibility)}); {tag} is free"
@@ -473,7 +474,10 @@ class _Hub:
             )
             info = self.info()
             if info is None:
-                raise self.caller.failure("creating the dataset repo", RuntimeError("the new repo cannot be read"))
+                reason = (
+                    "it exists (or was just made) but this token cannot read it: a private repo of another account?"
+                )
+                raise self.caller.failure("creating the dataset repo", RuntimeError(reason))
             logger.info(
                 "created %s: %s", repo_id, _visibility(info.private) if private is None else _new_visibility(private)
             )

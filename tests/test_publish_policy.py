@@ -298,6 +298,15 @@ def test_preflight_refuses_a_round_already_published_with_other_content(hub: Hub
     assert "round-0 is free" in preflight(tmp_path / "fresh", hub, overwrite_round=True)
 
 
+def test_a_round_for_a_new_branch_accepts_what_ssogen_published_on_main(hub: Hub, tmp_path: Path) -> None:
+    push(built_folder(tmp_path / "r0"), hub)
+
+    assert "round-1 is free" in preflight(tmp_path / "r1", hub, round=1, revision="rounds")
+    result = push(built_folder(tmp_path / "r1", round_=1), hub, round_=1, revision="rounds")
+
+    assert hub.meta()["branches"]["rounds"] == result.commit_oid == hub.meta()["tags"]["round-1"]
+
+
 # --- 7. transient errors --------------------------------------------------------------------------------------
 
 

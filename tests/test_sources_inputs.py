@@ -24,6 +24,7 @@ from ssogen.errors import UsageError
 from ssogen.sources import load_queries, prompt_id
 from tests.conftest import REPO as SOURCE_TREE
 from tests.hubtest import TOKEN, Hub
+from tests.test_sources import write_frame
 
 
 def prompts(path: Path, **options: object) -> list[str]:
@@ -245,14 +246,7 @@ def test_every_file_format_streams_in_memory_bounded_by_a_batch_not_the_file(tmp
     rows = 12_000
     frame = pd.DataFrame({"prompt": [f"{i} " + "lorem ipsum " * 170 for i in range(rows)]})  # 24 MB of text
     path = tmp_path / f"q{suffix}"
-    if suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    elif suffix == ".json":
-        frame.to_json(path, orient="records")
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, row_group_size=2000)
+    write_frame(frame, path, row_group_size=2000)  # Parquet is read a row group at a time
     run = subprocess.run(
         [sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True, timeout=300, cwd=SOURCE_TREE
     )
