@@ -216,9 +216,11 @@ def preflight_push(
         retries=(max_retries, backoff_seconds, max_wait_seconds),
         auth_error=UsageError,
     )
+    who = _token_user(hub, repo_id)
+    user = str(who.get("name") or "?")
     info = hub.info()
-    user = _writer(hub, repo_id, exists=info is not None)
     if info is None:
+        _check_namespace(who, repo_id)
         return f"{user} may create {repo_id}; the push will create it ({_new_visibility(private)})"
     hub.call(
         f"checking write access to {repo_id}", lambda: hub.api.auth_check(repo_id, repo_type=REPO_TYPE, write=True)
@@ -237,7 +239,11 @@ def preflight_push(
     branch = options.branch if hub.branch_head(options.branch) else DEFAULT_BRANCH
     foreign = _plan(hub.tree(hub.branch_head(branch)), hub.ssogen_tree(branch), None).foreign
     if foreign and not replace_repo_data:
-        raise UsageError(_foreign_message(repo_id, foreign, "the push at the end of the build would delete or replace"))
+        raise UsageError(
+            _foreign_message(repo_id, foreign, "the push at the end of the build would delete or replace")
+            + " Nothing was generated yet. Pass --replace-repo-data to let ssogen replace them, or publish to "
+            "another repo."
+        )
     return f"{user} may write {repo_id} ({_visibility(visibility)}); {tag} is free"
 
 
@@ -282,8 +288,8 @@ def _push(hub: _Hub, out: Outbox, options: PushOptions, round_: int) -> PushResu
         if plan.foreign and not options.replace_repo_data:
             raise PublishError(
                 _foreign_message(repo_id, plan.foreign, "this push would delete or replace")
-                + f" Nothing was uploaded. To replace them: "
-                f"{options.command(out.folder, repo_id, replace_repo_data=True)}"
+                + " Nothing was uploaded. To let ssogen replace them: "
+                f"{options.command(out.folder, repo_id, replace_repo_data=True)} (or publish to another repo)."
             )
         kept[:] = plan.kept
         operations: list[CommitOperationAdd | CommitOperationDelete] = [
@@ -362,10 +368,10 @@ def _same_content(entry: RepoFile, out: Outbox, path: str) -> bool:
 
 def _foreign_message(repo_id: str, foreign: list[str], action: str) -> str:
     listed = "; ".join(foreign[:_LISTED]) + (f"; and {len(foreign) - _LISTED} more" if len(foreign) > _LISTED else "")
+    files = "1 file" if len(foreign) == 1 else f"{len(foreign)} files"
     return (
-        f"{repo_id} holds {len(foreign)} files that ssogen did not publish (your own, or edited on the Hub since "
-        f"ssogen's last push), which {action}: {listed}. Pass --replace-repo-data to let ssogen replace them, "
-        f"or publish to another repo."
+        f"{repo_id} holds {files} that ssogen did not publish (your own, or edited on the Hub since ssogen's last "
+        f"push), which {action}: {listed}."
     )
 
 
@@ -378,20 +384,24 @@ def _finished_copy_of(hub: _Hub, commit: str, folder: Path) -> bool:
     return hub.holds(commit, outbox(folder, hub.repo_id))
 
 
-def _writer(hub: _Hub, repo_id: str, *, exists: bool) -> str:
-    """The token's user name, once the token is known to be valid and allowed to write ``repo_id``."""
+def _token_user(hub: _Hub, repo_id: str) -> dict[str, Any]:
+    """whoami of the token, once the Hub accepted it and it is not read-only."""
     who = hub.call("checking the token (whoami)", lambda: hub.api.whoami())
-    name = str(who.get("name") or "?")
     token = (who.get("auth") or {}).get("accessToken") or {}
     if token.get("role") == "read":
         raise UsageError(
-            f"--push-to-hub {repo_id}: the token of {name} is read-only, so the push at the end would fail. "
-            f"Use a token with write access (https://huggingface.co/settings/tokens) in HF_TOKEN or `hf auth login`."
+            f"--push-to-hub {repo_id}: the token of {who.get('name')} is read-only, so the push at the end would "
+            f"fail. Use a token with write access (https://huggingface.co/settings/tokens) in HF_TOKEN or "
+            f"`hf auth login`."
         )
-    namespace = repo_id.split("/")[0]
+    return who
+
+
+def _check_namespace(who: dict[str, Any], repo_id: str) -> None:
+    """Whether the user may create ``repo_id`` (a repo that exists is checked by the Hub: auth-check)."""
+    name, namespace = str(who.get("name") or "?"), repo_id.split("/")[0]
     orgs = {str(o.get("name")): o.get("roleInOrg") for o in who.get("orgs") or [] if isinstance(o, dict)}
-    # A repo that exists is checked by the Hub itself (auth-check); here, whether the user may create one.
-    if namespace != name and not exists:
+    if namespace != name:
         if namespace not in orgs:
             raise UsageError(
                 f"--push-to-hub {repo_id}: the repo does not exist and {name} cannot create it: {namespace} is "
@@ -403,11 +413,14 @@ def _writer(hub: _Hub, repo_id: str, *, exists: bool) -> str:
                 f"--push-to-hub {repo_id}: the repo does not exist and your role in {namespace} ({role}) "
                 f"cannot create repos there; ask an admin of {namespace} for write access or create the repo."
             )
-    return name
 
 
 def _visibility(private: bool | None) -> str:
     return {True: "private", False: "public"}.get(private, "visibility unknown")
+
+
+def _asked(private: bool) -> str:
+    return "as --private asks" if private else "as --no-private asks"
 
 
 def _new_visibility(private: bool | None) -> str:
@@ -478,14 +491,13 @@ class _Hub:
                     "it exists (or was just made) but this token cannot read it: a private repo of another account?"
                 )
                 raise self.caller.failure("creating the dataset repo", RuntimeError(reason))
-            logger.info(
-                "created %s: %s", repo_id, _visibility(info.private) if private is None else _new_visibility(private)
-            )
-        if private is None or info.private == private:
-            if private is None:
-                logger.info(
-                    "%s is %s (neither --private nor --no-private given: unchanged)", repo_id, _visibility(info.private)
-                )
+            if private is None or info.private == private:
+                why = "its namespace's default; --private makes it private" if private is None else _asked(private)
+                logger.info("created %s: %s (%s)", repo_id, _visibility(info.private), why)
+                return info.private
+        elif private is None or info.private == private:
+            why = "unchanged: neither --private nor --no-private given" if private is None else _asked(private)
+            logger.info("%s is %s (%s)", repo_id, _visibility(info.private), why)
             return info.private
         wanted = _visibility(private)
         self.call(
@@ -498,8 +510,7 @@ class _Hub:
                 f"making {repo_id} {wanted}",
                 RuntimeError(f"it is still {_visibility(getattr(after, 'private', None))}"),
             )
-        flag = "--private" if private else "--no-private"
-        logger.info("%s was %s; made it %s as %s asks", repo_id, _visibility(info.private), wanted, flag)
+        logger.info("%s was %s; made it %s (%s)", repo_id, _visibility(info.private), wanted, _asked(private))
         return private
 
     def _refs(self) -> Any:

@@ -64,7 +64,7 @@ def test_private_on_an_existing_public_repo_makes_it_private_before_uploading_an
     second = push(built_folder(tmp_path / "r1", round_=1), hub, round_=1, private=True)
 
     assert second.private is True and hub.meta()["private"] is True
-    assert f"{REPO} was public; made it private as --private asks" in caplog.text
+    assert f"{REPO} was public; made it private (as --private asks)" in caplog.text
     requests = hub.requests()
     settings = requests.index(f"PUT /api/datasets/{REPO}/settings 200")
     commits = [i for i, r in enumerate(requests) if "/commit/" in r]
@@ -79,16 +79,16 @@ def test_without_a_visibility_flag_a_new_repo_takes_its_orgs_default_and_an_exis
 
     created = push(built_folder(tmp_path / "r0"), hub)
     assert created.private is True and hub.meta()["private"] is True
-    assert f"created {REPO}: private" in caplog.text
+    assert f"created {REPO}: private (its namespace's default" in caplog.text
 
     kept = push(built_folder(tmp_path / "r1", round_=1), hub, round_=1)
     assert kept.private is True and hub.meta()["private"] is True
     assert not [r for r in hub.requests() if "/settings" in r]
-    assert f"{REPO} is private (neither --private nor --no-private given: unchanged)" in caplog.text
+    assert f"{REPO} is private (unchanged: neither --private nor --no-private given)" in caplog.text
 
     public = push(built_folder(tmp_path / "r2", round_=2), hub, round_=2, private=False)
     assert public.private is False and hub.meta()["private"] is False
-    assert "was private; made it public as --no-private asks" in caplog.text
+    assert "was private; made it public (as --no-private asks)" in caplog.text
 
 
 # --- 2. unfinished folders ------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_a_card_edited_on_the_hub_since_ssogens_push_is_not_replaced_silently(hu
     edited = hub.head_files()["README.md"] + b"\nA note added on the Hub.\n"
     api(hub).upload_file(path_or_fileobj=edited, path_in_repo="README.md", repo_id=REPO, repo_type="dataset")
 
-    with pytest.raises(PublishError, match=r"holds 1 files that ssogen did not publish .*: replace README\.md\."):
+    with pytest.raises(PublishError, match=r"holds 1 file that ssogen did not publish .*: replace README\.md\."):
         push(built_folder(tmp_path / "r1", round_=1), hub, round_=1)
     assert "round-1" not in hub.meta()["tags"]
 
