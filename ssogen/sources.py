@@ -194,7 +194,7 @@ def _read_rows(source: str | None, column: str | None, split: str | None, datase
     if path.is_dir():
         return _dataset_rows(str(path), split, dataset_config, hub=False)
     if is_local_path(source):
-        raise UsageError(f"--queries: no such file: {source} does not exist{_near_misses(path)}. {_WHAT_QUERIES_TAKES}")
+        raise UsageError(f"--queries: no such file: {source} does not exist {_near_misses(path)} {_WHAT_QUERIES_TAKES}")
     return _dataset_rows(source, split, dataset_config, hub=True)
 
 
@@ -218,8 +218,8 @@ def _near_misses(path: Path) -> str:
     except OSError:
         names = []
     close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.7)
-    where = f" in {parent.resolve()}" if parent.is_dir() else f" (nor does {parent})"
-    return where + (f"; did you mean {' or '.join(str(parent / c) for c in close)}?" if close else "")
+    where = f"(looked in {parent.resolve()})." if parent.is_dir() else f"(nor does {parent})."
+    return where + (f" Did you mean {' or '.join(str(parent / c) for c in close)}?" if close else "")
 
 
 def _refuse_dataset_options(label: str, split: str | None, dataset_config: str | None) -> None:

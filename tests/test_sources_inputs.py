@@ -152,7 +152,7 @@ def test_a_mistyped_relative_path_says_no_such_file_and_never_asks_the_hub(
     with pytest.raises(UsageError) as typo:
         load_queries("data/querys.jsonl")
     assert "no such file: data/querys.jsonl does not exist" in str(typo.value)
-    assert "did you mean data/queries.jsonl?" in str(typo.value)
+    assert "Did you mean data/queries.jsonl?" in str(typo.value)
     for path in ("queries", "./data/q", "../data/q", "a/b/c", "~/no-such-queries.csv", "org/set.parquet"):
         with pytest.raises(UsageError, match=f"no such file: {path}"):
             load_queries(path)
