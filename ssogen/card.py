@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
+from ssogen.hubmeta import language_codes
 from ssogen.library import Templates
 
 ROLES = ("chosen", "rejected", "original")
@@ -66,7 +67,13 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def front_matter(splits: dict[str, list[str]], kept: int, license: str, default_config: str = "dpo") -> str:
+def front_matter(
+    splits: dict[str, list[str]],
+    kept: int,
+    license: str,
+    default_config: str = "dpo",
+    language: list[str] | None = None,
+) -> str:
     """The card's YAML header: one config per view, each split's parquet files."""
     configs = []
     for name, names in splits.items():
@@ -80,7 +87,7 @@ def front_matter(splits: dict[str, list[str]], kept: int, license: str, default_
     header = {
         "license": license,
         "task_categories": ["text-generation"],
-        "language": ["en"],
+        "language": language or ["en"],
         "tags": ["sso", "dpo", "preference", "synthetic", "ssogen"],
         "size_categories": [size_category(kept)],
         "configs": configs,
@@ -116,7 +123,11 @@ def render_card(
         }
         for r in records.slice(0, 3).to_pylist()
     ]
-    header = front_matter({name: list(splits) for name, splits in counts.items()}, summary["kept"], license)
+    run_settings = settings.get("settings", {})
+    languages = language_codes(run_settings.get("language", "en"))
+    header = front_matter(
+        {name: list(splits) for name, splits in counts.items()}, summary["kept"], license, language=languages
+    )
     body = templates.render(
         "dataset_card.md.j2",
         summary=summary,
@@ -124,7 +135,9 @@ def render_card(
         examples=examples,
         run=settings.get("run", {}),
         settings_yaml=yaml.safe_dump(settings, sort_keys=False, allow_unicode=True).strip(),
-        repo_id=repo_id or "path/to/this/folder",
+        # The snippets load the Hub id when there is one, else the folder itself (`ssogen push` names the repo).
+        repo_id=repo_id or run_settings.get("output") or "path/to/this/folder",
+        other_configs=[name for name in counts if name != "dpo"],
         parent=parent,
         paper=PAPER,
         version=settings.get("ssogen_version", ""),

@@ -95,9 +95,20 @@ def make_parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", parents=[common], help="Publish a built folder to the Hub.")
     push.add_argument("folder", type=Path, help="A folder written by `ssogen build`.")
     push.add_argument("repo_id", help="Dataset repository on the Hub, ORG/NAME.")
-    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument(
+        "--private",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Make the repository private, an existing public one too (--no-private: public). "
+        "Neither: a new repo gets its namespace's default, an existing one keeps its own.",
+    )
     push.add_argument("--revision", default=None, help="Branch to commit to (default: main).")
     push.add_argument("--overwrite-round", action="store_true", help="Move an existing round-<r> tag.")
+    push.add_argument(
+        "--replace-repo-data",
+        action="store_true",
+        help="Delete or replace files in the repo that ssogen did not publish (the push lists them otherwise).",
+    )
     return parser
 
 
@@ -134,6 +145,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         print(dry_run(config).line())
         return 0
+    if config.push_to_hub:
+        _preflight_push(config.validate(), config.push_to_hub)
     resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
     try:
         try:
@@ -151,16 +164,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if config.push_to_hub:
         from ssogen.publish import push_folder
 
-        result = push_folder(
-            config.output,
-            config.push_to_hub,
-            round=config.round,
-            private=config.private,
-            revision=config.revision,
-            overwrite_round=config.overwrite_round,
-        )
-        logger.info("published %s at %s (tag %s)", result.repo_id, result.revision, result.tag)
+        result = push_folder(config.output, config.push_to_hub, **_push_options(config))
+        logger.info("%s", result.line())
     return 0
+
+
+def _push_options(config: BuildConfig) -> dict[str, Any]:
+    """The settings a push (and the checks before it) takes from a build's settings."""
+    return {
+        "round": config.round,
+        "private": config.private,
+        "revision": config.revision,
+        "overwrite_round": config.overwrite_round,
+        "replace_repo_data": config.replace_repo_data,
+    }
+
+
+def _preflight_push(config: BuildConfig, repo_id: str) -> None:
+    """Before any generation: everything that would make the final push fail (token, access, tag, files)."""
+    from ssogen.publish import preflight_push
+
+    line = preflight_push(repo_id, folder=config.output, **_push_options(config))
+    logger.info("--push-to-hub checked before the build: %s", line)
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -181,8 +206,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
         private=args.private,
         revision=args.revision,
         overwrite_round=args.overwrite_round,
+        replace_repo_data=args.replace_repo_data,
     )
-    logger.info("published %s at %s (tag %s)", result.repo_id, result.revision, result.tag)
+    logger.info("%s", result.line())
     return 0
 
 

@@ -39,7 +39,9 @@ class BuildConfig:
         None,
         "Column holding the query (default: the first of prompt, instruction, question, query, messages).",
     )
-    limit: int | None = _setting(None, "Use only the first N queries.")
+    limit: int | None = _setting(
+        None, "Use only the first N distinct non-empty queries (empty ones met on the way are reported as dropped)."
+    )
     principles: Path | None = _setting(
         None, "Folder of principle YAML files (one per feature); empty for the bundled library."
     )
@@ -83,9 +85,46 @@ class BuildConfig:
     parent: str | None = _setting(None, "Hub id of the previous round's dataset, linked from the card.")
     card_plots: bool = _setting(False, "Embed the summary plots (W, π̃, lengths, features, drops) in the dataset card.")
     push_to_hub: str | None = _setting(None, "After the build, publish the folder to this Hub dataset (ORG/NAME).")
-    private: bool = _setting(False, "Create the Hub repository as private.")
+    private: bool | None = _setting(
+        None,
+        "Make the Hub repository private, an existing public one too (--no-private: public). Neither: a new repo "
+        "gets its namespace's default visibility and an existing one keeps its own.",
+    )
     revision: str | None = _setting(None, "Hub branch to commit to (default: main); each round is also tagged.")
     overwrite_round: bool = _setting(False, "Move the Hub tag round-<r> if that round was published before.")
+
+    # --- more inputs and publishing: validated together in _check_inputs_and_publishing -----------------
+    query_split: str | None = _setting(
+        None, "Split to read when --queries is a Hub dataset or a dataset folder (default: train)."
+    )
+    query_config: str | None = _setting(
+        None, "Config (subset) to read when --queries is a Hub dataset or a dataset folder (default: its default)."
+    )
+    language: str = _setting("en", "Language code(s) of the queries, comma-separated (e.g. en,fr), for the card.")
+    replace_repo_data: bool = _setting(
+        False,
+        "Let --push-to-hub delete or replace files in the Hub repo that ssogen did not publish (it lists them).",
+    )
+
+    def _check_inputs_and_publishing(self) -> None:
+        """The checks of the fields above, of --license, and of --push-to-hub with shards."""
+        from ssogen.hubmeta import language_problem, license_problem
+
+        problems = [("license", license_problem(self.license)), ("language", language_problem(self.language))]
+        for name in ("query_split", "query_config"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                problems.append((name, f"{value!r} must be a non-empty name (or left out)"))
+        for name, problem in problems:
+            if problem:
+                raise UsageError(f"--{flag(name)}: {problem}.")
+        if self.push_to_hub is not None and self.num_shards > 1:
+            raise UsageError(
+                f"--push-to-hub cannot be used with --num-shards {self.num_shards}: each shard holds a fraction of "
+                f"the data, and the first to finish would publish it as the whole round. Build the shards without "
+                f"--push-to-hub, then publish their merge: `ssogen merge SHARD_FOLDERS... --output MERGED && "
+                f"ssogen push MERGED {self.push_to_hub}`."
+            )
 
     # --- engine -----------------------------------------------------------------------------------
     dtype: str = _setting("auto", "Model dtype for vLLM (auto, bfloat16, float16, float32).")
@@ -169,6 +208,7 @@ class BuildConfig:
             from ssogen.publish import validate_repo_id
 
             validate_repo_id(self.push_to_hub)
+        self._check_inputs_and_publishing()
         if self.output.exists() and not self.output.is_dir():
             raise UsageError(f"--output: {self.output} is a file; give a folder path.")
         return self

@@ -44,6 +44,7 @@ def merge(folders: list[Path], output: Path, *, overwrite: bool = False) -> dict
     merged_settings = dict(settings[0])
     merged_settings["run"] = {**common, "num_shards": 1, "shard_index": 0, "merged_from": len(folders)}
     merged_settings["settings"] = {**settings[0].get("settings", {}), "num_shards": 1, "shard_index": 0}
+    merged_settings["settings"]["output"] = str(output)  # the card's snippets load the merged folder
     target = OutputFolder(output)
     target.prepare(merged_settings, overwrite=overwrite)
 

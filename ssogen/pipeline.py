@@ -25,7 +25,7 @@ from ssogen.errors import UsageError
 from ssogen.export import export_folder
 from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
 from ssogen.models import ModelRef, resolve_model
-from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries
+from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries, query_source_options
 from ssogen.store import OutputFolder
 
 logger = logging.getLogger(__name__)
@@ -101,11 +101,11 @@ def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
             f"of the principle library; use at most {len(selectable)}."
         )
     if load_queries_now:
-        queries = load_queries(config.queries, config.query_column, config.limit)
+        queries = load_queries(config.queries, config.query_column, config.limit, **query_source_options(config))
         if config.num_shards > 1:
             queries = shard(queries, config.num_shards, config.shard_index)
     else:
-        next(iter_queries(config.queries, config.query_column, limit=1))
+        next(iter_queries(config.queries, config.query_column, limit=1, **query_source_options(config)))
         queries = QuerySet(queries=[], empty=[], duplicates=0, source=config.queries or "bundled")
     model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     folder = OutputFolder(config.output)
@@ -150,6 +150,8 @@ def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> 
         "model_revision": model.revision,
         "queries": config.queries or "bundled",
         "query_column": config.query_column,
+        "query_split": config.query_split,  # None (train) and absent in older folders compare equal
+        "query_config": config.query_config,
         "limit": config.limit,
         "num_shards": config.num_shards,
         "shard_index": config.shard_index,
@@ -277,7 +279,7 @@ def dry_run(config: BuildConfig) -> DryRunSummary:
         summary.prompts += 4 * len(batch)  # selection, x+, x- and x
         summary.prompt_tokens += sum(len(ids) for by_role in work.prompts.values() for ids in by_role.values())
 
-    for query in iter_queries(config.queries, config.query_column, config.limit, stats):
+    for query in iter_queries(config.queries, config.query_column, config.limit, stats, **query_source_options(config)):
         if query.prompt:
             chunk.append(query)
         if len(chunk) == config.chunk_size:

@@ -1,62 +1,101 @@
 """Publish a dataset folder to the Hugging Face Hub: ssogen's only code that writes to the Hub.
 
-Owns: checking the ``--push-to-hub`` repo id, creating the dataset repo, uploading the
-folder, tagging the round, retrying transient failures, and turning client errors into
-:class:`~ssogen.errors.PublishError` messages that say how to retry and never show the token.
+Owns: checking the repo id; the checks run before a build that ends with a push (`preflight_push`: token,
+write access, the round's tag, files in the repo that ssogen did not publish), so that a push refused for
+any of these reasons is refused before hours of generation; creating the dataset repo and settling its
+visibility; uploading a finished folder in one commit and tagging the round. Retries and error messages
+are `ssogen.hubcall`'s; what a folder sends (and whether it is finished) is `ssogen.readiness`'s.
+
+Visibility
+    ``private=True`` (--private) makes the repo private, an existing public one included, before any file
+    is sent; ``private=False`` (--no-private) makes it public; ``None`` (neither flag) creates a new repo
+    with its namespace's default visibility (an organisation may default to private) and leaves an existing
+    repo as it is. Either way the visibility is logged and returned in `PushResult.private`.
 
 Round policy
-    Every push is ONE commit on ``revision`` (default ``main``; any other branch is first
-    created from ``main`` if missing) holding the whole folder. Files under ``data/`` that
-    the branch had and the folder lacks are deleted in that same commit, so a round with
-    fewer parquet shards leaves no leftovers; files outside ``data/`` that the folder lacks
-    (``.gitattributes``, ...) are kept. The commit is then tagged ``round-<r>``: the branch
-    always shows the latest round and every round stays loadable with
-    ``revision="round-<r>"``. A round's tag never moves silently: if ``round-<r>`` already
-    exists the push refuses before uploading anything, unless ``overwrite_round=True``
-    (``--overwrite-round``), which deletes the tag and recreates it on the new commit.
+    Every push is ONE commit on ``revision`` (default ``main``; another branch is first created from
+    ``main`` if missing) holding the whole folder, tagged ``round-<r>``: the branch shows the latest round
+    and every round stays loadable with ``revision="round-<r>"``. A round's tag never moves silently: if
+    ``round-<r>`` already holds exactly this folder the push does nothing and says so (re-running a
+    finished ``build --push-to-hub`` succeeds); if it holds anything else the push refuses before
+    uploading, unless ``overwrite_round`` (--overwrite-round) moves the tag to the new commit.
 
-The local folder is only ever read. Authentication: the ``token`` argument, else the
-``HF_TOKEN`` environment variable, else whatever ``huggingface_hub`` finds (its login).
+Files in the repo
+    ssogen manages the card (README.md), ssogen.yaml, dataset_info.json, ``data/`` and ``plots/``. Managed
+    files that the folder lacks are deleted in the same commit (a round with fewer shards, or without the
+    plots of an earlier one, leaves nothing behind); other files (.gitattributes, a LICENSE added by hand)
+    are kept. A managed file that ssogen did not publish — the user's own dataset in a repo they made, or
+    a file edited on the Hub since ssogen's last push, as read from ssogen's last commit on the branch —
+    is never deleted or replaced silently: the push refuses and lists each one, unless
+    ``replace_repo_data`` (--replace-repo-data).
+
+The local folder is only ever read. Authentication: the ``token`` argument, else the ``HF_TOKEN``
+environment variable, else whatever ``huggingface_hub`` finds (its login).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shlex
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
 from ssogen.errors import PublishError, UsageError
-
-try:  # huggingface_hub >= 1.x speaks through httpx2; older releases through httpx
-    import httpx2 as _http
-except ImportError:  # pragma: no cover
-    import httpx as _http  # type: ignore[no-redef]
+from ssogen.hubcall import BACKOFF_SECONDS, MAX_RETRIES, MAX_WAIT_SECONDS, HubCaller, known_token
+from ssogen.readiness import CARD, Outbox, check_finished, outbox
+from ssogen.store import SETTINGS_FILE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PushResult", "push_folder", "validate_repo_id"]
+__all__ = ["PushOptions", "PushResult", "preflight_push", "push_folder", "validate_repo_id"]
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
-# Only data/ is pruned: the card, settings and .gitattributes are always re-sent or kept.
-PRUNED_PREFIX = "data/"
-_TRANSIENT_STATUS = frozenset({408, 429})
-_AUTH_STATUS = frozenset({401, 403})
-# Belt and braces beside the known-token scrub: Hub tokens have a recognisable shape.
-_TOKEN_SHAPES = re.compile(r"(hf_[A-Za-z0-9]{8,}|Bearer\s+\S+)")
+# Every ssogen commit is titled so: how a push finds what ssogen itself published on a branch.
+COMMIT_TITLE = "ssogen: publish round"
+MANAGED_DIRS = ("data/", "plots/")
+MANAGED_FILES = frozenset({CARD, SETTINGS_FILE, "dataset_info.json"})
+# Roles in an organisation (whoami's roleInOrg) that may create a repo in it.
+_WRITER_ROLES = frozenset({"admin", "write", "contributor"})
+_LISTED = 20  # files named in a refusal; the rest are counted
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What the user asked of a push; `command` reproduces it as a retry line."""
+
+    private: bool | None = None
+    revision: str | None = None
+    overwrite_round: bool = False
+    replace_repo_data: bool = False
+
+    @property
+    def branch(self) -> str:
+        return self.revision or DEFAULT_BRANCH
+
+    def command(self, folder: Path, repo_id: str, **changes: Any) -> str:
+        """``ssogen push FOLDER REPO`` with every flag given (and ``changes``), ready to paste."""
+        options = replace(self, **changes)
+        words = ["ssogen", "push", str(folder), repo_id]
+        if options.revision:
+            words += ["--revision", options.revision]
+        if options.private is not None:
+            words.append("--private" if options.private else "--no-private")
+        if options.overwrite_round:
+            words.append("--overwrite-round")
+        if options.replace_repo_data:
+            words.append("--replace-repo-data")
+        return shlex.join(words)
 
 
 @dataclass(frozen=True)
@@ -68,6 +107,15 @@ class PushResult:
     commit_oid: str
     commit_url: str
     tag: str
+    private: bool | None = None
+    already_published: bool = False  # the tag already held exactly this folder: nothing was sent
+    kept: tuple[str, ...] = ()  # files in the repo that ssogen does not manage, left as they were
+
+    def line(self) -> str:
+        where = f"{self.repo_id}@{self.revision} (tag {self.tag}, {_visibility(self.private)})"
+        if self.already_published:
+            return f"{where} already holds exactly this folder (commit {self.commit_oid[:12]}): nothing to push"
+        return f"published {where}: commit {self.commit_oid[:12]}"
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -90,19 +138,20 @@ def push_folder(
     *,
     round: int,  # shadows the builtin on purpose: the name matches the `round` column and --round
     token: str | None = None,
-    private: bool = False,
+    private: bool | None = None,
     revision: str | None = None,
     overwrite_round: bool = False,
-    max_retries: int = 4,
-    backoff_seconds: float = 1.0,
+    replace_repo_data: bool = False,
+    max_retries: int = MAX_RETRIES,
+    backoff_seconds: float = BACKOFF_SECONDS,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
     endpoint: str | None = None,
 ) -> PushResult:
-    """Upload ``folder`` to the dataset repo ``repo_id`` in one commit and tag it ``round-<round>``.
+    """Upload the finished ``folder`` to the dataset repo ``repo_id`` in one commit tagged ``round-<round>``.
 
-    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT`` as read at its import).
-    Transient failures (HTTP 408/429/5xx, connection errors) are retried ``max_retries``
-    times with exponential backoff from ``backoff_seconds``. Raises :class:`UsageError` for
-    bad arguments and :class:`PublishError` for everything the Hub refuses or that fails.
+    ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT`` as read at its import). Transient failures
+    are retried (`ssogen.hubcall`). Raises :class:`UsageError` for bad arguments or an unfinished folder
+    and :class:`PublishError` for everything the Hub refuses or that fails.
     """
     validate_repo_id(repo_id)
     folder = Path(folder)
@@ -110,213 +159,409 @@ def push_folder(
         raise UsageError(f"cannot push {folder}: not a folder")
     if isinstance(round, bool) or not isinstance(round, int) or round < 0:
         raise UsageError(f"round must be a non-negative integer, got {round!r}")
-    files = _local_files(folder)
-    if not files:
+    check_finished(folder)
+    out = outbox(folder, repo_id)
+    if not out.files:
         raise UsageError(f"cannot push {folder}: it holds no files")
-    # An explicit token keeps HF_TOKEN ahead of a stored login; None lets the client decide.
-    token = token or os.environ.get("HF_TOKEN") or None
-    pusher = _Pusher(
-        api=HfApi(endpoint=endpoint, token=token),
-        folder=folder,
-        repo_id=repo_id,
-        secret=token or _known_token(),
-        max_retries=max(0, max_retries),
-        backoff_seconds=max(0.0, backoff_seconds),
+    options = PushOptions(private, revision, overwrite_round, replace_repo_data)
+    hub = _Hub.connect(
+        repo_id,
+        token,
+        endpoint,
+        closing=f"The local folder was not changed. To retry: {options.command(folder, repo_id)}",
+        retries=(max_retries, backoff_seconds, max_wait_seconds),
     )
-    return pusher.push(
-        files,
-        round_=round,
-        private=private,
-        branch=revision or DEFAULT_BRANCH,
-        overwrite_round=overwrite_round,
+    return _push(hub, out, options, round)
+
+
+def preflight_push(
+    repo_id: str,
+    *,
+    folder: Path,
+    round: int,
+    private: bool | None = None,
+    revision: str | None = None,
+    overwrite_round: bool = False,
+    replace_repo_data: bool = False,
+    token: str | None = None,
+    max_retries: int = MAX_RETRIES,
+    backoff_seconds: float = BACKOFF_SECONDS,
+    max_wait_seconds: float = MAX_WAIT_SECONDS,
+    endpoint: str | None = None,
+) -> str:
+    """Check, before a build that ends with ``--push-to-hub``, everything that would make its push fail.
+
+    A token that the Hub accepts and may write, a namespace it may create the repo in, a round tag that is
+    free (or already holds this very folder: a re-run), no file in the repo that ssogen did not publish
+    (unless ``replace_repo_data``). With ``private=True`` an existing public repo is made private now.
+    Raises :class:`UsageError` naming the fix; returns a line saying what the push will do.
+    """
+    validate_repo_id(repo_id)
+    folder = Path(folder)
+    token = token or os.environ.get("HF_TOKEN") or known_token()
+    if not token:
+        raise UsageError(
+            f"--push-to-hub {repo_id}: no Hugging Face token found; set HF_TOKEN or run `hf auth login` "
+            f"(checked before generating anything)."
+        )
+    options = PushOptions(private, revision, overwrite_round, replace_repo_data)
+    hub = _Hub.connect(
+        repo_id,
+        token,
+        endpoint,
+        closing=(
+            "Nothing was generated yet. Fix the cause and run the build again, or build without --push-to-hub "
+            f"and publish later with `{options.command(folder, repo_id)}`."
+        ),
+        retries=(max_retries, backoff_seconds, max_wait_seconds),
+        auth_error=UsageError,
+    )
+    who = _token_user(hub, repo_id)
+    user = str(who.get("name") or "?")
+    info = hub.info()
+    if info is None:
+        _check_namespace(who, repo_id)
+        return f"{user} may create {repo_id}; the push will create it ({_new_visibility(private)})"
+    hub.call(
+        f"checking write access to {repo_id}", lambda: hub.api.auth_check(repo_id, repo_type=REPO_TYPE, write=True)
+    )
+    visibility = hub.settle_visibility(True) if private is True else info.private
+    tag = f"round-{round}"
+    tagged = hub.tag_target(tag)
+    if tagged and not overwrite_round:
+        if not _finished_copy_of(hub, tagged, folder):
+            raise UsageError(
+                f"--round {round}: {repo_id} already has {tag} with other content, so the push at the end would "
+                f"be refused. Pass --overwrite-round to replace that round, or choose another --round."
+            )
+        return f"{user} may write {repo_id} ({_visibility(visibility)}); {tag} already holds this folder"
+    # A branch that does not exist yet will be made from main: main's files and history are what it starts with.
+    branch = options.branch if hub.branch_head(options.branch) else DEFAULT_BRANCH
+    foreign = _plan(hub.tree(hub.branch_head(branch)), hub.ssogen_tree(branch), None).foreign
+    if foreign and not replace_repo_data:
+        raise UsageError(
+            _foreign_message(repo_id, foreign, "the push at the end of the build would delete or replace")
+            + " Nothing was generated yet. Pass --replace-repo-data to let ssogen replace them, or publish to "
+            "another repo."
+        )
+    return f"{user} may write {repo_id} ({_visibility(visibility)}); {tag} is free"
+
+
+# --- the push ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What a commit changes in the managed part of the repo, and whose files those are."""
+
+    stale: list[str]  # managed files the folder lacks: deleted in the commit
+    foreign: list[str]  # "delete PATH" / "replace PATH" of files ssogen did not publish
+    kept: list[str]  # files ssogen does not manage, left alone
+
+
+def _push(hub: _Hub, out: Outbox, options: PushOptions, round_: int) -> PushResult:
+    api, repo_id, branch, tag = hub.api, hub.repo_id, options.branch, f"round-{round_}"
+    logger.info("pushing %d files from %s to %s@%s as %s", len(out.files), out.folder, repo_id, branch, tag)
+    private = hub.settle_visibility(options.private)
+    tagged = hub.tag_target(tag)
+    if tagged and hub.holds(tagged, out):
+        url = f"{api.endpoint}/datasets/{repo_id}/commit/{tagged}"
+        return PushResult(repo_id, branch, tagged, url, tag, private=private, already_published=True)
+    if tagged and not options.overwrite_round:
+        raise PublishError(
+            f"tag {tag} already exists in {repo_id} and holds other content: round {round_} was published before. "
+            f"Nothing was uploaded. Pass --overwrite-round to replace it "
+            f"({options.command(out.folder, repo_id, overwrite_round=True)}), or publish under another round."
+        )
+    if branch != DEFAULT_BRANCH and hub.branch_head(branch) is None:
+        hub.call(
+            f"creating branch {branch}",
+            lambda: api.create_branch(repo_id, branch=branch, repo_type=REPO_TYPE, exist_ok=True),
+        )
+    kept: list[str] = []
+
+    # Planned and sent as one unit per attempt: operations are single-use, and re-reading the head makes a
+    # retry after a commit whose answer was lost a no-op (every file then matches) instead of a second commit.
+    def commit_once() -> tuple[str, str]:
+        head = hub.branch_head(branch)
+        plan = _plan(hub.tree(head), hub.ssogen_tree(branch), out)
+        if plan.foreign and not options.replace_repo_data:
+            raise PublishError(
+                _foreign_message(repo_id, plan.foreign, "this push would delete or replace")
+                + " Nothing was uploaded. To let ssogen replace them: "
+                f"{options.command(out.folder, repo_id, replace_repo_data=True)} (or publish to another repo)."
+            )
+        kept[:] = plan.kept
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
+            CommitOperationDelete(path_in_repo=p, is_folder=False) for p in plan.stale
+        ]
+        operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=out.content(p)) for p in out.files]
+        # create_commit, not upload_folder: with hf_xet installed upload_folder splits big
+        # folders into several commits, and a round must be exactly one commit.
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=f"{COMMIT_TITLE} {round_}",
+            commit_description=f"{len(out.files)} files from ssogen, {len(plan.stale)} stale files removed.",
+            repo_type=REPO_TYPE,
+            revision=branch,
+            parent_commit=head,
+        )
+        return info.oid, info.commit_url
+
+    oid, url = hub.call(f"uploading round {round_}", commit_once)
+    logger.info("committed round %d to %s@%s: %s", round_, repo_id, branch, oid)
+    if kept:
+        logger.info("kept %d files ssogen does not manage: %s", len(kept), ", ".join(kept[:_LISTED]))
+    if tagged:
+        hub.call(f"deleting the old tag {tag}", lambda: hub.delete_tag(tag))
+    hub.call(
+        f"creating tag {tag}",
+        lambda: api.create_tag(
+            repo_id,
+            tag=tag,
+            tag_message=f"ssogen round {round_}",
+            revision=oid,
+            repo_type=REPO_TYPE,
+            exist_ok=True,  # a retry after a lost answer finds its own tag; checked below
+        ),
+    )
+    target = hub.tag_target(tag)
+    if target != oid:
+        raise PublishError(
+            f"tag {tag} in {repo_id} points at {target}, not at the commit just pushed ({oid}): "
+            f"someone else published round {round_} meanwhile. "
+            f"To retry: {options.command(out.folder, repo_id, overwrite_round=True)}"
+        )
+    return PushResult(repo_id, branch, oid, url, tag, private=private, kept=tuple(kept))
+
+
+def _plan(head: dict[str, RepoFile], ssogen: dict[str, RepoFile], out: Outbox | None) -> _Plan:
+    """Compare the branch head with what the folder sends (``out``; None before a build: not known yet)."""
+    stale, foreign, kept = [], [], []
+    for path, entry in sorted(head.items()):
+        if out is not None and path in out.files:
+            verb = None if _same_content(entry, out, path) else "replace"
+        elif _managed(path):
+            verb = "delete or replace" if out is None else "delete"
+            if out is not None:
+                stale.append(path)
+        else:
+            verb = None
+            if path != ".gitattributes":  # the Hub's own file of every repo: not worth a word
+                kept.append(path)
+        published = path in ssogen and ssogen[path].blob_id == entry.blob_id
+        if verb and not published:
+            foreign.append(f"{verb} {path}")
+    return _Plan(stale=stale, foreign=foreign, kept=kept)
+
+
+def _managed(path: str) -> bool:
+    return path in MANAGED_FILES or path.startswith(MANAGED_DIRS)
+
+
+def _same_content(entry: RepoFile, out: Outbox, path: str) -> bool:
+    git_oid, sha256 = out.digests(path)
+    # LFS / Xet files are compared by the sha256 of their content, regular ones by their git blob id.
+    return entry.lfs.sha256 == sha256 if entry.lfs is not None else entry.blob_id == git_oid
+
+
+def _foreign_message(repo_id: str, foreign: list[str], action: str) -> str:
+    listed = "; ".join(foreign[:_LISTED]) + (f"; and {len(foreign) - _LISTED} more" if len(foreign) > _LISTED else "")
+    files = "1 file" if len(foreign) == 1 else f"{len(foreign)} files"
+    return (
+        f"{repo_id} holds {files} that ssogen did not publish (your own, or edited on the Hub since ssogen's last "
+        f"push), which {action}: {listed}."
     )
 
 
-def _local_files(folder: Path) -> list[str]:
-    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    # Same exclusions as upload_folder (.git, huggingface_hub's local cache folders).
-    # .ssogen/ holds a build's resumable working state (chunks), not part of the dataset.
-    ignore = [*DEFAULT_IGNORE_PATTERNS, ".ssogen/*"]
-    return list(filter_repo_objects(paths, ignore_patterns=ignore))
-
-
-def _known_token() -> str | None:
-    # Only used to scrub messages, so a failure to read the login must not stop the push.
+def _finished_copy_of(hub: _Hub, commit: str, folder: Path) -> bool:
+    """Whether ``folder`` is a finished build whose content is exactly that of ``commit`` (a re-run)."""
     try:
-        return get_token()
-    except Exception:
-        return None
+        check_finished(folder)
+    except UsageError:
+        return False
+    return hub.holds(commit, outbox(folder, hub.repo_id))
 
 
-class _Pusher:
-    """One push: the client, what to scrub from messages, and the retry policy."""
+def _token_user(hub: _Hub, repo_id: str) -> dict[str, Any]:
+    """whoami of the token, once the Hub accepted it and it is not read-only."""
+    who = hub.call("checking the token (whoami)", lambda: hub.api.whoami())
+    token = (who.get("auth") or {}).get("accessToken") or {}
+    if token.get("role") == "read":
+        raise UsageError(
+            f"--push-to-hub {repo_id}: the token of {who.get('name')} is read-only, so the push at the end would "
+            f"fail. Use a token with write access (https://huggingface.co/settings/tokens) in HF_TOKEN or "
+            f"`hf auth login`."
+        )
+    return who
 
-    def __init__(
-        self,
-        *,
-        api: HfApi,
-        folder: Path,
-        repo_id: str,
-        secret: str | None,
-        max_retries: int,
-        backoff_seconds: float,
-    ) -> None:
+
+def _check_namespace(who: dict[str, Any], repo_id: str) -> None:
+    """Whether the user may create ``repo_id`` (a repo that exists is checked by the Hub: auth-check)."""
+    name, namespace = str(who.get("name") or "?"), repo_id.split("/")[0]
+    orgs = {str(o.get("name")): o.get("roleInOrg") for o in who.get("orgs") or [] if isinstance(o, dict)}
+    if namespace != name:
+        if namespace not in orgs:
+            raise UsageError(
+                f"--push-to-hub {repo_id}: the repo does not exist and {name} cannot create it: {namespace} is "
+                f"neither your user name nor one of your organisations ({', '.join(sorted(orgs)) or 'none'})."
+            )
+        role = orgs[namespace]
+        if role is not None and role not in _WRITER_ROLES:
+            raise UsageError(
+                f"--push-to-hub {repo_id}: the repo does not exist and your role in {namespace} ({role}) "
+                f"cannot create repos there; ask an admin of {namespace} for write access or create the repo."
+            )
+
+
+def _visibility(private: bool | None) -> str:
+    return {True: "private", False: "public"}.get(private, "visibility unknown")
+
+
+def _asked(private: bool) -> str:
+    return "as --private asks" if private else "as --no-private asks"
+
+
+def _new_visibility(private: bool | None) -> str:
+    if private is None:
+        return "with its namespace's default visibility; pass --private to make sure it is private"
+    return "private, as --private asks" if private else "public, as --no-private asks"
+
+
+class _Hub:
+    """One dataset repo seen through the client, every call made with the retry policy."""
+
+    def __init__(self, api: HfApi, repo_id: str, caller: HubCaller) -> None:
         self.api = api
-        self.folder = folder
         self.repo_id = repo_id
-        self.secret = secret
-        self.max_retries = max_retries
-        self.backoff_seconds = backoff_seconds
+        self.caller = caller
+        self._trees: dict[str, dict[str, RepoFile]] = {}
 
-    def push(self, files: list[str], *, round_: int, private: bool, branch: str, overwrite_round: bool) -> PushResult:
-        api, repo_id, tag = self.api, self.repo_id, f"round-{round_}"
-        logger.info("pushing %d files from %s to %s@%s as %s", len(files), self.folder, repo_id, branch, tag)
-        self._retrying(
-            "creating the dataset repo",
-            lambda: api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private),
+    @classmethod
+    def connect(
+        cls,
+        repo_id: str,
+        token: str | None,
+        endpoint: str | None,
+        *,
+        closing: str,
+        retries: tuple[int, float, float],
+        auth_error: type[UsageError] | type[PublishError] = PublishError,
+    ) -> _Hub:
+        # An explicit token keeps HF_TOKEN ahead of a stored login; None lets the client decide.
+        token = token or os.environ.get("HF_TOKEN") or None
+        max_retries, backoff_seconds, max_wait_seconds = retries
+        caller = HubCaller(
+            repo_id=repo_id,
+            secret=token or known_token(),
+            closing=closing,
+            max_retries=max_retries,
+            backoff_seconds=backoff_seconds,
+            max_wait_seconds=max_wait_seconds,
+            auth_error=auth_error,
         )
-        refs = self._retrying("listing refs", lambda: api.list_repo_refs(repo_id, repo_type=REPO_TYPE))
-        tag_exists = any(t.name == tag for t in refs.tags)
-        if tag_exists and not overwrite_round:
-            raise PublishError(
-                f"tag {tag} already exists in {repo_id}: round {round_} was published before. "
-                f"Nothing was uploaded. Pass --overwrite-round to replace it "
-                f"({self._retry_command()} --overwrite-round), or publish under another round."
-            )
-        if branch != DEFAULT_BRANCH and all(b.name != branch for b in refs.branches):
-            self._retrying(
-                f"creating branch {branch}",
-                lambda: api.create_branch(repo_id, branch=branch, repo_type=REPO_TYPE, exist_ok=True),
-            )
+        return cls(HfApi(endpoint=endpoint, token=token), repo_id, caller)
 
-        # Planned and sent as one unit per attempt: operations are single-use, and
-        # re-reading the head makes a retry after a commit whose answer was lost a no-op
-        # (every file then matches) instead of a second commit.
-        def commit_once() -> tuple[str, str]:
-            head = self._branch_head(branch)
-            remote = api.list_repo_files(repo_id, repo_type=REPO_TYPE, revision=head) if head else []
-            wanted = set(files)
-            stale = [p for p in remote if p.startswith(PRUNED_PREFIX) and p not in wanted]
-            operations: list[CommitOperationAdd | CommitOperationDelete] = [
-                CommitOperationDelete(path_in_repo=p, is_folder=False) for p in stale
-            ]
-            operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=self.folder / p) for p in files]
-            # create_commit, not upload_folder: with hf_xet installed upload_folder splits big
-            # folders into several commits, and a round must be exactly one commit.
-            info = api.create_commit(
-                repo_id,
-                operations,
-                commit_message=f"ssogen: publish round {round_}",
-                commit_description=f"{len(files)} files from ssogen, {len(stale)} stale data files removed.",
-                repo_type=REPO_TYPE,
-                revision=branch,
-                parent_commit=head,
+    def call(self, what: str, action: Callable[[], T]) -> T:
+        return self.caller.call(what, action)
+
+    def info(self) -> Any:
+        """The repo's info, or None when it does not exist (yet)."""
+
+        def fetch() -> Any:
+            try:
+                return self.api.repo_info(self.repo_id, repo_type=REPO_TYPE)
+            except RepositoryNotFoundError:
+                return None
+
+        return self.call(f"reading {self.repo_id}", fetch)
+
+    def settle_visibility(self, private: bool | None) -> bool | None:
+        """Create the repo if needed and give it the asked visibility before anything is uploaded; say which."""
+        repo_id, info = self.repo_id, self.info()
+        if info is None:
+            self.call(
+                "creating the dataset repo",
+                lambda: self.api.create_repo(repo_id, repo_type=REPO_TYPE, exist_ok=True, private=private),
             )
-            return info.oid, info.commit_url
-
-        oid, url = self._retrying(f"uploading round {round_}", commit_once)
-        logger.info("committed round %d to %s@%s: %s", round_, repo_id, branch, oid)
-
-        if tag_exists:
-            self._retrying(f"deleting the old tag {tag}", lambda: self._delete_tag(tag))
-        self._retrying(
-            f"creating tag {tag}",
-            lambda: api.create_tag(
-                repo_id,
-                tag=tag,
-                tag_message=f"ssogen round {round_}",
-                revision=oid,
-                repo_type=REPO_TYPE,
-                exist_ok=True,  # a retry after a lost answer finds its own tag; checked below
-            ),
+            info = self.info()
+            if info is None:
+                reason = (
+                    "it exists (or was just made) but this token cannot read it: a private repo of another account?"
+                )
+                raise self.caller.failure("creating the dataset repo", RuntimeError(reason))
+            if private is None or info.private == private:
+                why = "its namespace's default; --private makes it private" if private is None else _asked(private)
+                logger.info("created %s: %s (%s)", repo_id, _visibility(info.private), why)
+                return info.private
+        elif private is None or info.private == private:
+            why = "unchanged: neither --private nor --no-private given" if private is None else _asked(private)
+            logger.info("%s is %s (%s)", repo_id, _visibility(info.private), why)
+            return info.private
+        wanted = _visibility(private)
+        self.call(
+            f"making {repo_id} {wanted}",
+            lambda: self.api.update_repo_settings(repo_id, repo_type=REPO_TYPE, private=private),
         )
-        refs = self._retrying("listing refs", lambda: api.list_repo_refs(repo_id, repo_type=REPO_TYPE))
-        target = next((t.target_commit for t in refs.tags if t.name == tag), None)
-        if target != oid:
-            raise PublishError(
-                f"tag {tag} in {repo_id} points at {target}, not at the commit just pushed ({oid}): "
-                f"someone else published round {round_} meanwhile. "
-                f"To retry: {self._retry_command()} --overwrite-round"
+        after = self.info()
+        if after is None or after.private != private:
+            raise self.caller.failure(
+                f"making {repo_id} {wanted}",
+                RuntimeError(f"it is still {_visibility(getattr(after, 'private', None))}"),
             )
-        return PushResult(repo_id=repo_id, revision=branch, commit_oid=oid, commit_url=url, tag=tag)
+        logger.info("%s was %s; made it %s (%s)", repo_id, _visibility(info.private), wanted, _asked(private))
+        return private
 
-    def _branch_head(self, branch: str) -> str | None:
-        refs = self.api.list_repo_refs(self.repo_id, repo_type=REPO_TYPE)
-        return next((b.target_commit for b in refs.branches if b.name == branch), None)
+    def _refs(self) -> Any:
+        return self.call("listing refs", lambda: self.api.list_repo_refs(self.repo_id, repo_type=REPO_TYPE))
 
-    def _delete_tag(self, tag: str) -> None:
+    def tag_target(self, tag: str) -> str | None:
+        return next((t.target_commit for t in self._refs().tags if t.name == tag), None)
+
+    def branch_head(self, branch: str) -> str | None:
+        return next((b.target_commit for b in self._refs().branches if b.name == branch), None)
+
+    def tree(self, revision: str | None) -> dict[str, RepoFile]:
+        """Every file at ``revision`` (a commit id: cached, commits never change)."""
+        if revision is None:
+            return {}
+        if revision not in self._trees:
+            entries = self.call(
+                f"listing the files at {revision[:12]}",
+                lambda: list(
+                    self.api.list_repo_tree(self.repo_id, repo_type=REPO_TYPE, revision=revision, recursive=True)
+                ),
+            )
+            self._trees[revision] = {e.path: e for e in entries if isinstance(e, RepoFile)}
+        return self._trees[revision]
+
+    def ssogen_tree(self, branch: str) -> dict[str, RepoFile]:
+        """The files of ssogen's last commit on ``branch``: what ssogen itself published there."""
+
+        def commits() -> list[Any]:
+            try:
+                return self.api.list_repo_commits(self.repo_id, repo_type=REPO_TYPE, revision=branch)
+            except HfHubHTTPError as err:  # a branch not made yet has no history of its own
+                if err.response is not None and err.response.status_code == 404:
+                    return []
+                raise
+
+        history = self.call(f"reading the history of {branch}", commits)
+        last = next((c.commit_id for c in history if c.title.startswith(COMMIT_TITLE)), None)
+        return self.tree(last)
+
+    def holds(self, commit: str, out: Outbox) -> bool:
+        """Whether ``commit`` holds exactly what ``out`` sends, in the part of the repo ssogen manages."""
+        files = self.tree(commit)
+        managed = {p for p in files if _managed(p)}
+        same = all(p in files and _same_content(files[p], out, p) for p in out.files)
+        return same and managed <= set(out.files)
+
+    def delete_tag(self, tag: str) -> None:
         try:
             self.api.delete_tag(self.repo_id, tag=tag, repo_type=REPO_TYPE)
         except HfHubHTTPError as err:
             # Already gone (e.g. our own earlier attempt succeeded but its answer was lost).
             if err.response is None or err.response.status_code != 404:
                 raise
-
-    def _retrying(self, what: str, action: Callable[[], T]) -> T:
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return action()
-            except Exception as err:
-                if not _is_transient(err) or attempt == attempts:
-                    raise self._failure(what, err, attempt) from None
-                delay = self.backoff_seconds * 2 ** (attempt - 1)
-                logger.warning(
-                    "%s for %s failed (%s); retry %d/%d in %.2fs",
-                    what,
-                    self.repo_id,
-                    self._scrub(_describe(err)),
-                    attempt,
-                    self.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _failure(self, what: str, err: Exception, attempts: int) -> PublishError:
-        status = _status(err)
-        if status in _AUTH_STATUS:
-            head = (
-                f"authentication failed for {self.repo_id}: set HF_TOKEN or run `huggingface-cli login` "
-                f"(the Hub answered HTTP {status} while {what}"
-                + ("; the token may lack write access to this namespace)" if status == 403 else ")")
-            )
-        else:
-            tries = f" after {attempts} attempts" if attempts > 1 else ""
-            head = f"{what} failed for {self.repo_id}{tries}: {_describe(err)}"
-        message = self._scrub(f"{head}.\nThe local folder was not changed. To retry: {self._retry_command()}")
-        logger.debug("push failed: %s", message)  # the CLI shows the exception; avoid saying it twice
-        return PublishError(message)
-
-    def _retry_command(self) -> str:
-        return f"ssogen push {shlex.quote(str(self.folder))} {self.repo_id}"
-
-    def _scrub(self, text: str) -> str:
-        if self.secret:
-            text = text.replace(self.secret, "***")
-        return _TOKEN_SHAPES.sub("***", text)
-
-
-def _status(err: Exception) -> int | None:
-    if isinstance(err, HfHubHTTPError) and err.response is not None:
-        return err.response.status_code
-    return None
-
-
-def _is_transient(err: Exception) -> bool:
-    if isinstance(err, _http.TransportError):
-        return True
-    status = _status(err)
-    return status is not None and (status >= 500 or status in _TRANSIENT_STATUS)
-
-
-def _describe(err: Exception) -> str:
-    """A one-paragraph account of ``err`` built from its message only, never its request headers."""
-    if isinstance(err, HfHubHTTPError):
-        status = _status(err)
-        detail = err.server_message or str(err).strip().splitlines()[0]
-        text = f"HTTP {status}: {detail}" if status is not None else detail
-    else:
-        text = f"{type(err).__name__}: {err}"
-    text = " ".join(text.split())
-    return text if len(text) <= 500 else text[:497] + "..."

@@ -122,3 +122,17 @@ def make_record(i: int, **changes: object) -> dict:
         "round": 0,
     }
     return {**row, **changes}
+
+
+@pytest.fixture
+def start_hub(tmp_path, monkeypatch) -> Iterator:
+    """Factory: start the loopback Hub server, tests/hub_server.py (see tests/hubtest.py); stopped after the test."""
+    from tests.hubtest import HubServers
+
+    with HubServers(tmp_path, monkeypatch) as servers:
+        yield servers.start
+
+
+@pytest.fixture
+def hub(start_hub):
+    return start_hub()

@@ -3,6 +3,7 @@
 Run it as its own process (standard library only)::
 
     python tests/hub_server.py --port 0 --storage DIR --token TOKEN [--fail-first N]
+        [--read-token TOKEN] [--org NAME:ROLE ...] [--private-org NAME ...] [--fault SPEC ...]
 
 It prints ``READY <port>`` on stdout once it listens on 127.0.0.1. Point the real
 ``huggingface_hub`` client at ``http://127.0.0.1:<port>`` (``endpoint=...``).
@@ -12,6 +13,7 @@ dataset (paths as the client builds them, ``{t}`` = ``models`` | ``datasets`` | 
 
     GET  /api/whoami-v2                          POST /api/validate-yaml
     POST /api/repos/create                       GET  /api/{t}/{repo}[/revision/{rev}]
+    PUT  /api/{t}/{repo}/settings                GET  /api/{t}/{repo}/auth-check[/write]
     POST /api/{t}/{repo}/preupload/{rev}         POST /api/{t}/{repo}/commit/{rev}  (NDJSON)
     GET  /api/{t}/{repo}/tree/{rev}[/{path}]     GET  /api/{t}/{repo}/refs
     GET  /api/{t}/{repo}/commits/{rev}           POST|DELETE /api/{t}/{repo}/branch/{name}
@@ -20,8 +22,20 @@ dataset (paths as the client builds them, ``{t}`` = ``models`` | ``datasets`` | 
 
 The pre-upload call answers ``"uploadMode": "regular"`` for every file, so file content
 arrives inline (base64) in the commit payload: no LFS, no Xet. Every request must carry
-``Authorization: Bearer <TOKEN>``; anything else gets a Hub-like 401. ``--fail-first N``
-answers the first N commit requests with HTTP 500, to exercise client retries.
+``Authorization: Bearer <TOKEN>``; anything else gets a Hub-like 401.
+
+Who the token is: the user ``tester``, member of the organisations given by ``--org NAME:ROLE``
+(default ``ssogen-test:write``; roles as the Hub's ``roleInOrg``: admin, write, contributor, read).
+``--read-token T`` is a second, read-only token of the same user: reads work, every write
+answers 403. A repo is created under ``tester`` or an organisation with a role that may write,
+else 403. ``--private-org NAME`` makes NAME private by default: a repo created there without an
+explicit visibility is private (as an organisation setting on the Hub).
+
+Faults, to exercise client retries: ``--fault "METHOD PATH KIND COUNT"`` answers the first COUNT
+requests whose method is METHOD and whose path contains PATH with KIND: an HTTP status
+(``500``), ``503-html`` (a 503 whose body is an HTML page, as a gateway sends), or
+``429:<seconds>`` (too many requests, with ``Retry-After: <seconds>``). ``--fail-first N`` is
+``--fault "POST /commit/ 500 N"``.
 
 Storage, rewritten on every change so a test can read it while the server runs (and
 reloaded at start, so a restart keeps the repos):
@@ -62,9 +76,17 @@ def git_hash(data: bytes) -> str:
 class HubError(Exception):
     """An HTTP error answer: status, message and the X-Error-Code the client dispatches on."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict | None = None,
+        body: bytes | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.body = body  # a raw body (an HTML page) instead of the JSON {"error": message}
 
 
 @dataclass
@@ -136,11 +158,46 @@ class Repo:
         return repo
 
 
+@dataclass
+class Fault:
+    """Answer the next ``count`` requests matching ``method`` and ``path`` with an error of ``kind``."""
+
+    method: str
+    path: str
+    kind: str
+    count: int
+
+    @classmethod
+    def parse(cls, spec: str) -> Fault:
+        method, path, kind, count = spec.split()
+        return cls(method.upper(), path, kind, int(count))
+
+    def error(self) -> HubError:
+        if self.kind == "503-html":
+            page = b"<html><head><title>503 Service Temporarily Unavailable</title></head><body>busy</body></html>"
+            return HubError(503, "", headers={"Content-Type": "text/html"}, body=page)
+        if self.kind.startswith("429:"):
+            wait = self.kind.split(":", 1)[1]
+            return HubError(429, "Too many requests - injected by --fault", headers={"Retry-After": wait})
+        return HubError(int(self.kind), "Internal Error - injected by --fault")
+
+
+WRITE_ROLES = frozenset({"admin", "write", "contributor"})
+
+
 class Hub:
     """All repos, behind one lock: requests arrive on many threads."""
 
-    def __init__(self, storage: Path, token: str, fail_first: int):
-        self.storage, self.token, self.fail_first = storage, token, fail_first
+    def __init__(
+        self,
+        storage: Path,
+        tokens: dict[str, str],
+        orgs: dict[str, str],
+        private_orgs: set[str],
+        faults: list[Fault],
+    ):
+        self.storage, self.tokens, self.orgs, self.private_orgs = storage, tokens, orgs, private_orgs
+        self.faults = faults
         self.lock = threading.Lock()
         self.repos: dict[tuple[str, str], Repo] = {}
         for meta in storage.glob("*/*/*/repo.json"):
@@ -172,6 +229,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch()
 
+    def do_PUT(self) -> None:
+        self._dispatch()
+
     def log_message(self, format: str, *args: object) -> None:
         pass  # requests.log is written by _dispatch; stderr stays for tracebacks
 
@@ -184,17 +244,20 @@ class Handler(BaseHTTPRequestHandler):
         self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         status = 500
         try:
-            if self.headers.get("Authorization") != f"Bearer {self.hub.token}":
+            auth = self.headers.get("Authorization") or ""
+            self.role = self.hub.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+            if self.role is None:
                 msg = "Invalid credentials in Authorization header"
                 raise HubError(401, msg, None, {"X-Error-Message": msg})
+            self._inject_fault(url.path)
             # Split before unquoting: the client quotes "/" inside a revision as %2F.
             status, payload, headers = self._route([unquote(s) for s in url.path.strip("/").split("/")])
         except HubError as err:
             status = err.status
-            headers = {"X-Error-Message": err.message, **err.headers}
+            headers = {**({"X-Error-Message": err.message} if err.message else {}), **err.headers}
             if err.code:
                 headers["X-Error-Code"] = err.code
-            payload = {"error": err.message}
+            payload = err.body if err.body is not None else {"error": err.message}
         except Exception as err:
             traceback.print_exc()
             status, payload, headers = 500, {"error": f"hub_server bug: {err!r}"}, {}
@@ -218,6 +281,17 @@ class Handler(BaseHTTPRequestHandler):
     def _base(self) -> str:
         return f"http://{self.headers.get('Host')}"
 
+    def _inject_fault(self, path: str) -> None:
+        with self.hub.lock:
+            for fault in self.hub.faults:
+                if fault.count > 0 and fault.method == self.command and fault.path in path:
+                    fault.count -= 1
+                    raise fault.error()
+
+    def _require_write(self, what: str) -> None:
+        if self.role != "write":
+            raise HubError(403, f"You don't have the rights to {what}: this token is read-only")
+
     def _json(self) -> dict:
         return json.loads(self.body or b"{}")
 
@@ -225,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             m = self.command
             if seg[:2] == ["api", "whoami-v2"]:
-                return 200, {"type": "user", "name": USER, "orgs": [], "auth": {"type": "access_token"}}, {}
+                return 200, self._whoami(), {}
             if seg[:2] == ["api", "validate-yaml"] and m == "POST":
                 return 200, {"errors": [], "warnings": []}, {}
             if seg[:3] == ["api", "repos", "create"] and m == "POST":
@@ -242,17 +316,29 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(404, f"Not found: {m} {self.path}")
 
     # -- endpoints --------------------------------------------------------------------------
+    def _whoami(self) -> dict:
+        orgs = [{"type": "org", "name": name, "roleInOrg": role} for name, role in sorted(self.hub.orgs.items())]
+        token = {"displayName": f"{self.role} token", "role": self.role}
+        return {"type": "user", "name": USER, "orgs": orgs, "auth": {"type": "access_token", "accessToken": token}}
+
     def _create_repo(self) -> tuple[int, object, dict]:
         body = self._json()
         repo_type = body.get("type") or "model"
-        repo_id = f"{body.get('organization') or USER}/{body['name']}"
+        namespace = body.get("organization") or USER
+        repo_id = f"{namespace}/{body['name']}"
         url = f"{self._base()}/{URL_PREFIX[repo_type]}{repo_id}"
         if (repo_type, repo_id) in self.hub.repos:
             # The client reads "url" from this 409 body too (create_repo with exist_ok=True).
             msg = f"You already created this {repo_type} repo"
             return 409, {"error": msg, "url": url}, {"X-Error-Message": msg}
+        self._require_write("create a repo")
+        if namespace != USER and self.hub.orgs.get(namespace) not in WRITE_ROLES:
+            raise HubError(403, f"You don't have the rights to create a {repo_type} under the namespace {namespace}")
         root = self.hub.storage / f"{repo_type}s" / repo_id
-        private = body.get("visibility") == "private" or bool(body.get("private"))
+        if "visibility" in body or "private" in body:
+            private = body.get("visibility") == "private" or bool(body.get("private"))
+        else:
+            private = namespace in self.hub.private_orgs  # the organisation's default
         repo = Repo(root, repo_type, repo_id, private)
         # Like the Hub: a new repo already has one commit on main holding .gitattributes.
         repo.add_commit("main", {".gitattributes": GITATTRIBUTES}, "initial commit", "")
@@ -281,6 +367,18 @@ class Handler(BaseHTTPRequestHandler):
                 out.append({**item, "authors": [{"user": USER}]})
                 oid = c.parent
             return 200, out, {}
+        if m == "GET" and action == "auth-check":
+            if rest[1:] == ["write"]:
+                self._require_write(f"write to {repo.repo_id}")
+            return 200, {}, {}
+        if m in ("POST", "PUT", "DELETE") and action in ("settings", "preupload", "commit", "branch", "tag"):
+            self._require_write(f"change {repo.repo_id}")
+        if m == "PUT" and action == "settings":
+            body = self._json()
+            if "visibility" in body or "private" in body:
+                repo.private = body.get("visibility") == "private" or body.get("private") is True
+            repo.save()
+            return 200, {}, {}
         if m == "POST" and action == "preupload":
             return 200, self._preupload(repo, arg), {}
         if m == "POST" and action == "commit":
@@ -340,9 +438,6 @@ class Handler(BaseHTTPRequestHandler):
         return {"files": files}
 
     def _commit(self, repo: Repo, branch: str) -> tuple[int, object, dict]:
-        if self.hub.fail_first > 0:
-            self.hub.fail_first -= 1
-            raise HubError(500, "Internal Error - injected by --fail-first")
         if "create_pr" in self.query:
             raise HubError(400, "Pull requests are not supported by this test server")
         if branch not in repo.branches:
@@ -402,9 +497,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", type=Path, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--fail-first", type=int, default=0, help="answer the first N commits with HTTP 500")
+    parser.add_argument("--read-token", default=None, help="a second token that may only read")
+    parser.add_argument("--org", action="append", default=None, help="NAME:ROLE (default ssogen-test:write)")
+    parser.add_argument("--private-org", action="append", default=[], help="an org whose new repos are private")
+    parser.add_argument("--fault", action="append", default=[], help='"METHOD PATH KIND COUNT" (see the docstring)')
     args = parser.parse_args(argv)
     args.storage.mkdir(parents=True, exist_ok=True)
-    Handler.hub = Hub(args.storage, args.token, args.fail_first)
+    tokens = {args.token: "write", **({args.read_token: "read"} if args.read_token else {})}
+    orgs = dict(spec.split(":", 1) for spec in (args.org or ["ssogen-test:write"]))
+    faults = [Fault.parse(spec) for spec in args.fault]
+    if args.fail_first:
+        faults.append(Fault("POST", "/commit/", "500", args.fail_first))
+    Handler.hub = Hub(args.storage, tokens, orgs, set(args.private_org), faults)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"READY {server.server_address[1]}", flush=True)

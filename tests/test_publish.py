@@ -1,26 +1,17 @@
 """Publishing tests: the real huggingface_hub client against tests/hub_server.py on loopback.
 
-Each test starts the server as a subprocess on 127.0.0.1, port 0, and reads its
-``READY <port>`` line. Pointing the client at it: huggingface_hub reads ``HF_ENDPOINT`` once,
-at import, into ``constants.ENDPOINT`` *and* into ``constants.HUGGINGFACE_CO_URL_TEMPLATE``
-(the download URL template). Monkeypatching ``constants.ENDPOINT`` alone therefore sends API
-calls to the loopback server but downloads to huggingface.co (``hf_hub_url`` only rewrites
-URLs that start with the current ``ENDPOINT``). So the tests pass ``endpoint=`` explicitly to
-``push_folder``, ``HfApi`` and ``snapshot_download``; ``HF_ENDPOINT`` is set in the
-environment as well, only so that nothing started from a test could reach the real Hub.
+Each test starts the server as a subprocess (the ``hub`` / ``start_hub`` fixtures; how the client is
+pointed at it: tests/hubtest.py). The policy points of issue 15 are in tests/test_publish_policy.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,73 +20,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from ssogen.errors import PublishError, UsageError
 from ssogen.publish import push_folder, validate_repo_id
-
-SERVER = Path(__file__).with_name("hub_server.py")
-TOKEN = "hf_loopbackTestToken0123456789"
-REPO = "ssogen-test/prefs"
-
-
-@dataclass
-class Hub:
-    """A running hub_server.py and readers for what it stored."""
-
-    url: str
-    storage: Path
-
-    def meta(self, repo_id: str = REPO) -> dict:
-        return json.loads((self.storage / "datasets" / repo_id / "repo.json").read_text())
-
-    def files(self, oid: str, repo_id: str = REPO) -> dict[str, bytes]:
-        snap = self.storage / "datasets" / repo_id / "commits" / oid
-        return {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
-
-    def requests(self) -> list[str]:
-        log = self.storage / "requests.log"
-        return log.read_text().splitlines() if log.exists() else []
-
-    def commit_requests(self) -> list[str]:
-        return [r for r in self.requests() if r.startswith("POST ") and "/commit/" in r]
-
-
-@pytest.fixture
-def start_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Hub]]:
-    """Factory: start a hub_server.py subprocess (optionally failing its first commits)."""
-    procs: list[subprocess.Popen[str]] = []
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-
-    def start(fail_first: int = 0) -> Hub:
-        storage = tmp_path / f"hub{len(procs)}"
-        cmd = [sys.executable, str(SERVER), "--port", "0", "--storage", str(storage), "--token", TOKEN]
-        with open(tmp_path / "hub_server.stderr", "ab") as err:
-            proc = subprocess.Popen(
-                [*cmd, "--fail-first", str(fail_first)], stdout=subprocess.PIPE, stderr=err, text=True
-            )
-        procs.append(proc)
-        assert proc.stdout is not None
-        with selectors.DefaultSelector() as sel:  # bounded wait: a broken server must not hang the suite
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(timeout=20)
-        line = proc.stdout.readline() if ready else ""
-        if not line.startswith("READY "):
-            raise RuntimeError(f"hub_server did not start: {line!r}\n{(tmp_path / 'hub_server.stderr').read_text()}")
-        url = f"http://127.0.0.1:{int(line.split()[1])}"
-        monkeypatch.setenv("HF_ENDPOINT", url)
-        return Hub(url=url, storage=storage)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def hub(start_hub: Callable[..., Hub]) -> Hub:
-    return start_hub()
+from tests.hubtest import REPO, TOKEN, Hub
 
 
 def make_folder(root: Path, round_: int, *, with_test_split: bool = False) -> Path:
@@ -235,7 +160,8 @@ def test_wrong_token_fails_with_auth_message_without_leaking_it_or_touching_the_
     assert failed.value.__cause__ is None
     assert wrong not in caplog.text
     assert digests(folder) == before
-    assert hub.requests().count("POST /api/repos/create 401") == 1  # 401 is not retried
+    # The first call (reading the repo) is answered 401, and a 401 is not retried.
+    assert hub.requests() == [f"GET /api/datasets/{REPO} 401"]
     assert not [r for r in hub.requests() if "/preupload/" in r or "/commit/" in r]
 
 
@@ -306,7 +232,14 @@ def test_cli_push_publishes_a_built_folder_and_datasets_loads_it_from_the_hub(
 
     meta = hub.meta()
     expected = {p: b for p, b in local_files(built_folder).items() if not p.startswith(".ssogen/")}
-    assert without_gitattributes(hub.files(meta["tags"]["round-0"])) == expected
+    published = without_gitattributes(hub.files(meta["tags"]["round-0"]))
+    # The card goes up with its snippets loading the repo instead of the folder it was built in.
+    local_card = expected.pop("README.md").decode()
+    assert f'load_dataset("{built_folder}", "dpo")' in local_card
+    assert published.pop("README.md").decode() == local_card.replace(
+        f'load_dataset("{built_folder}"', f'load_dataset("{REPO}"'
+    )
+    assert published == expected
     assert digests(built_folder) == before
 
     code = (

@@ -25,18 +25,23 @@ def test_shared_self_instruct_rows_append_the_first_instance_input(shared_data):
     assert queries.queries[0].prompt == f"{first['instruction']}\n\n{first['instances'][0]['input']}".strip()
 
 
+def write_frame(frame: pd.DataFrame, path, **parquet_options) -> None:
+    """``frame`` written in the format of ``path``'s suffix, as pandas users write query files."""
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif path.suffix == ".json":
+        frame.to_json(path, orient="records")
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, **parquet_options)
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
 def test_every_file_format_reads_the_same_queries(tmp_path, suffix):
     frame = pd.DataFrame({"question": ["What is 2+2?", "Name a colour."], "input": ["", "Pick one."]})
     path = tmp_path / f"q{suffix}"
-    if suffix == ".jsonl":
-        frame.to_json(path, orient="records", lines=True)
-    elif suffix == ".json":
-        frame.to_json(path, orient="records")
-    elif suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path)
+    write_frame(frame, path)
     prompts = [q.prompt for q in load_queries(str(path)).queries]
     assert prompts == ["What is 2+2?", "Name a colour.\n\nPick one."]
 

@@ -1,0 +1,148 @@
+"""Test helpers for publishing: the loopback Hub server (tests/hub_server.py) and synthetic built folders.
+
+`HubServers` starts the server as a subprocess on 127.0.0.1, port 0, and reads its ``READY <port>`` line
+(the ``start_hub`` / ``hub`` fixtures of conftest.py wrap it). Pointing the client at it: huggingface_hub
+reads ``HF_ENDPOINT`` once, at import, into ``constants.ENDPOINT`` *and* into
+``constants.HUGGINGFACE_CO_URL_TEMPLATE`` (the download URL template). Monkeypatching
+``constants.ENDPOINT`` alone therefore sends API calls to the loopback server but downloads to
+huggingface.co. So the tests pass ``endpoint=`` explicitly to ``push_folder``, ``HfApi`` and
+``snapshot_download``; ``HF_ENDPOINT`` is set in the environment as well, so that nothing started from a
+test (a subprocess, `datasets`) could reach the real Hub.
+
+`built_folder` writes a finished build folder (settings, chunks, views, card) from synthetic records,
+through ssogen's own store and export, without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SERVER = Path(__file__).with_name("hub_server.py")
+TOKEN = "hf_loopbackTestToken0123456789"
+READ_TOKEN = "hf_loopbackReadOnlyToken012345"  # --read-token of the servers started here
+REPO = "ssogen-test/prefs"
+
+
+@dataclass
+class Hub:
+    """A running hub_server.py and readers for what it stored."""
+
+    url: str
+    storage: Path
+
+    def meta(self, repo_id: str = REPO) -> dict:
+        return json.loads((self.storage / "datasets" / repo_id / "repo.json").read_text())
+
+    def files(self, oid: str, repo_id: str = REPO) -> dict[str, bytes]:
+        snap = self.storage / "datasets" / repo_id / "commits" / oid
+        return {p.relative_to(snap).as_posix(): p.read_bytes() for p in snap.rglob("*") if p.is_file()}
+
+    def head_files(self, repo_id: str = REPO, branch: str = "main") -> dict[str, bytes]:
+        return self.files(self.meta(repo_id)["branches"][branch], repo_id)
+
+    def requests(self) -> list[str]:
+        log = self.storage / "requests.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def commit_requests(self) -> list[str]:
+        return [r for r in self.requests() if r.startswith("POST ") and "/commit/" in r]
+
+
+class HubServers:
+    """Starts hub_server.py subprocesses for one test and stops them at the end."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tmp_path, self.monkeypatch = tmp_path, monkeypatch
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> HubServers:
+        self.monkeypatch.delenv("HF_TOKEN", raising=False)
+        self.monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        return self
+
+    def start(self, fail_first: int = 0, *, faults: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> Hub:
+        """A new server; ``faults`` are its ``--fault`` specs, ``args`` any other options."""
+        storage = self.tmp_path / f"hub{len(self.procs)}"
+        cmd = [sys.executable, str(SERVER), "--port", "0", "--storage", str(storage), "--token", TOKEN]
+        cmd += ["--read-token", READ_TOKEN, "--fail-first", str(fail_first), *args]
+        cmd += [word for spec in faults for word in ("--fault", spec)]
+        stderr = self.tmp_path / "hub_server.stderr"
+        with open(stderr, "ab") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:  # bounded wait: a broken server must not hang the suite
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(timeout=20)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"hub_server did not start: {line!r}\n{stderr.read_text()}")
+        url = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.monkeypatch.setenv("HF_ENDPOINT", url)
+        return Hub(url=url, storage=storage)
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def built_folder(
+    root: Path,
+    *,
+    kept: int = 3,
+    dropped: int = 0,
+    round_: int = 0,
+    push_to_hub: str | None = None,
+    export: bool = True,
+    first: int = 0,
+    **settings: Any,
+) -> Path:
+    """A finished build folder of ``kept`` records numbered from ``first`` and ``dropped`` dropped queries.
+
+    With ``export=False`` its build stopped before the export; called again on the same folder it re-exports
+    the same chunks, as re-running a finished build does.
+    """
+    from ssogen.config import BuildConfig
+    from ssogen.export import export_folder
+    from ssogen.library import Templates
+    from ssogen.models import ModelRef
+    from ssogen.pipeline import run_settings
+    from ssogen.store import OutputFolder
+    from tests.conftest import make_record
+
+    config = BuildConfig(output=root, round=round_, push_to_hub=push_to_hub, **settings)
+    folder = OutputFolder(root)
+    run = run_settings(config, ModelRef(path="m", name="m", revision="r"), Templates(None))
+    folder.prepare(run, overwrite=False)
+    rows = [{**make_record(first + i, round=round_), "drop_reason": None} for i in range(kept)]
+    rows += [{**make_record(first + 100 + i), "drop_reason": "empty_answer"} for i in range(dropped)]
+    if not folder.chunk_files():  # called again on a built folder: re-export it, as a re-run build does
+        folder.write_chunk(folder.next_chunk_index(), rows)
+    if export:
+        records, lost = folder.split_chunks([r["prompt_id"] for r in rows])
+        export_folder(
+            folder,
+            records,
+            lost,
+            templates=Templates(None),
+            settings=run,
+            seed=config.seed,
+            test_size=0.0,
+            license=config.license,
+            repo_id=push_to_hub,
+            card_plots=config.card_plots,
+        )
+    return root
