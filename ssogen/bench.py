@@ -1,76 +1,76 @@
 """`ssogen bench`: how close the build path runs to the engine's own ceiling, measured side by side.
 
-Owns four measurements in one process on one warmed engine, over the same queries and sampling settings:
-    ssogen     the real build path for one chunk (feature selection, contrastive prompts, sampling,
-               scoring, W), without writing or publishing;
-    raw        the ceiling: one engine call generating exactly the y+/y-/y° answers the ssogen run sampled,
-               and nothing else (no log-probabilities, no scoring);
-    reference  the paper authors' procedure re-created: sequential batches of 16 queries, one
-               feature-selection call, then one engine call per role per batch, no scoring;
-    serial     ssogen's own engine work run one stage at a time with nothing overlapped: the selection
-               call, the sampling call (y° with its log-probabilities) and the scoring of y+ and y- by
-               prefill. It shows what the method's extra work costs on this engine, and what the build
-               path costs beyond it (or saves, where its engine calls overlap).
-Throughput counts the answer tokens (y+, y-, y°) each run generated, over its wall time; the ratios are
-the point, absolute seconds mean little on a shared machine. Scoring is its own engine call after sampling,
-so ``scoring_share`` is its time over the generation time. The last line printed is
-``bench: vs_raw=… vs_reference=… raw_vs_reference=… scoring_share=… …``; ``serial_vs_raw`` is the
-vs_raw the stages would reach with no overlap, and ``overlap_gain`` the serial wall time over ssogen's.
+Owns three measurements in one process on one warmed engine, over the same queries and sampling settings:
+    ssogen     the real build path over all the queries in chunks of --chunk-size, exactly as `build` runs
+               it (the continuous flow, or held batches per chunk with --reproducible): feature selection,
+               contrastive prompts, sampling, scoring, W; nothing written;
+    raw        the ceiling: ONE engine call generating the y+ / y- / y° answers the ssogen run sampled, each
+               replayed to exactly its length (no selection, no scoring, no log-probabilities), so both runs
+               decode the same number of tokens per sequence;
+    reference  the SSO authors' procedure re-created: sequential batches of 16 queries, one sampled
+               feature-selection call, then one engine call per role per batch, no scoring.
+Throughput counts the answer tokens (y+, y-, y°) each run generated over its wall time. Beside it, what a
+GPU pays for, counted on any device: the engine steps that produced tokens (a decode step reads every
+weight whatever the batch, so on a GPU the steps are the time) and the sequences per such step.
+``steps_vs_raw`` is ssogen's steps over raw's and ``occupancy`` ssogen's sequences per step over raw's.
+The last line printed is ``bench: vs_raw=… vs_reference=… raw_vs_reference=… steps_vs_raw=… occupancy=… …``
+(medians over --repeats); the ratios are the point, absolute seconds mean little on a shared machine.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ssogen.chunk import SAMPLE_CALL, prepare_chunk, run_chunk, sampling_requests
-from ssogen.engine import Engine, Request
-from ssogen.pipeline import Plan
-from ssogen.steer import ROLES
+from ssogen.engine import Completion, Engine, Request
+from ssogen.flow import flow_chunks, prepare
+from ssogen.plan import Plan
+from ssogen.stages import ROLES, Setup, query_stages
 
 REFERENCE_BATCH = 16
+MEASUREMENTS = ("ssogen", "raw", "reference")
 
 
 @dataclass
 class Measurement:
-    """One timed run: its wall time, the answer tokens it generated, and where the engine time went."""
+    """One timed run: its wall time, the answer tokens it generated, and how full the engine's steps were."""
 
     name: str
     wall_seconds: float
     answer_tokens: int
-    generate_seconds: float = 0.0
-    score_seconds: float = 0.0
+    steps: int = 0
+    step_sequences: int = 0
 
     @property
     def tokens_per_second(self) -> float:
         return self.answer_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     @property
-    def non_engine_seconds(self) -> float:
-        return max(0.0, self.wall_seconds - self.generate_seconds - self.score_seconds)
+    def sequences_per_step(self) -> float:
+        return self.step_sequences / self.steps if self.steps else 0.0
 
 
 @dataclass
 class BenchResult:
     """The median of each measurement over the repeats, and the ratios the bench reports."""
 
-    runs: dict[str, list[Measurement]] = field(default_factory=dict)
+    runs: dict[str, list[Measurement]] = field(default_factory=lambda: {name: [] for name in MEASUREMENTS})
 
     def median(self, name: str, attribute: str) -> float:
         return statistics.median(getattr(m, attribute) for m in self.runs[name])
 
     def ratios(self) -> dict[str, float]:
-        serial = "serial" in self.runs
         return ratios(
             ssogen_tps=self.median("ssogen", "tokens_per_second"),
             raw_tps=self.median("raw", "tokens_per_second"),
             reference_tps=self.median("reference", "tokens_per_second"),
-            scoring_seconds=self.median("ssogen", "score_seconds"),
-            generation_seconds=self.median("ssogen", "generate_seconds"),
-            non_engine_seconds=self.median("ssogen", "non_engine_seconds"),
-            ssogen_wall=self.median("ssogen", "wall_seconds"),
-            serial_tps=self.median("serial", "tokens_per_second") if serial else float("nan"),
+            ssogen_steps=self.median("ssogen", "steps"),
+            raw_steps=self.median("raw", "steps"),
+            ssogen_sequences_per_step=self.median("ssogen", "sequences_per_step"),
+            raw_sequences_per_step=self.median("raw", "sequences_per_step"),
         )
 
 
@@ -83,145 +83,139 @@ def ratios(
     ssogen_tps: float,
     raw_tps: float,
     reference_tps: float,
-    scoring_seconds: float,
-    generation_seconds: float,
-    non_engine_seconds: float,
-    ssogen_wall: float,
-    serial_tps: float = float("nan"),
+    ssogen_steps: float,
+    raw_steps: float,
+    ssogen_sequences_per_step: float,
+    raw_sequences_per_step: float,
 ) -> dict[str, float]:
-    """The bench line's figures from measured throughputs and times."""
+    """The bench line's figures from measured throughputs and step counts."""
     return {
         "vs_raw": _safe_div(ssogen_tps, raw_tps),
         "vs_reference": _safe_div(ssogen_tps, reference_tps),
         "raw_vs_reference": _safe_div(raw_tps, reference_tps),
-        "scoring_share": _safe_div(scoring_seconds, generation_seconds),
-        "non_engine_share": _safe_div(non_engine_seconds, ssogen_wall),
-        "serial_vs_raw": _safe_div(serial_tps, raw_tps),
-        # Same answer tokens in both runs, so the throughput ratio is the wall-time ratio serial / ssogen.
-        "overlap_gain": _safe_div(ssogen_tps, serial_tps),
+        "steps_vs_raw": _safe_div(ssogen_steps, raw_steps),
+        "occupancy": _safe_div(ssogen_sequences_per_step, raw_sequences_per_step),
     }
 
 
 def bench_line(values: dict[str, float], extra: dict[str, object] | None = None) -> str:
-    """``bench: k=v …`` with the four headline ratios first."""
+    """``bench: k=v …`` with the headline ratios first."""
     parts = [f"{k}={v:.3f}" for k, v in values.items()]
     parts += [f"{k}={v}" for k, v in (extra or {}).items()]
     return "bench: " + " ".join(parts)
 
 
-def _answer_tokens(engine: Engine, before: int) -> int:
-    return engine.stats.generated_tokens - before
+Answers = list[tuple[Request, Completion]]  # every y+ / y- / y° request of a run and what it produced
 
 
-Trace = list[tuple[str, str, Request]]  # (prompt_id, role, request) of each y+ / y- / y° the build made
+class _Counter:
+    """The engine's step counters and wall time between `start` and `stop`."""
 
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.steps = engine.stats.steps
+        self.sequences = engine.stats.step_sequences
+        self.started = time.perf_counter()
 
-def measure_ssogen(engine: Engine, plan: Plan) -> tuple[Measurement, Trace]:
-    """The build path over all queries as one chunk; returns the sampling requests it made."""
-    traced: Trace = []
-    gen0, score0 = engine.stats.generate_seconds, engine.stats.score_seconds
-    answers0 = engine.stats.tokens_by_call[SAMPLE_CALL]
-    started = time.perf_counter()
-    run_chunk(engine, plan, plan.queries.queries, trace=traced)
-    wall = time.perf_counter() - started
-    answer_tokens = engine.stats.tokens_by_call[SAMPLE_CALL] - answers0
-    return (
-        Measurement(
-            "ssogen",
-            wall,
+    def measurement(self, name: str, answer_tokens: int) -> Measurement:
+        stats = self.engine.stats
+        return Measurement(
+            name,
+            time.perf_counter() - self.started,
             answer_tokens,
-            generate_seconds=engine.stats.generate_seconds - gen0,
-            score_seconds=engine.stats.score_seconds - score0,
-        ),
-        traced,
+            steps=stats.steps - self.steps,
+            step_sequences=stats.step_sequences - self.sequences,
+        )
+
+
+def measure_ssogen(engine: Engine, setup: Setup, chunk_size: int, reproducible: bool) -> tuple[Measurement, Answers]:
+    """The build path over every query, in chunks; returns the answers it sampled (for raw to replay)."""
+    answers: Answers = []
+    counter = _Counter(engine)
+    for _ in flow_chunks(
+        engine,
+        setup,
+        setup.plan.queries.queries,
+        chunk_size=chunk_size,
+        reproducible=reproducible,
+        trace=lambda _pid, _role, request, completion: answers.append((request, completion)),
+    ):
+        pass
+    return counter.measurement("ssogen", sum(len(c.token_ids) for _, c in answers)), answers
+
+
+def replay(request: Request, completion: Completion) -> Request:
+    """The same prompt and seed, generating exactly the answer's length and asking for nothing else."""
+    return replace(
+        request,
+        max_tokens=max(1, len(completion.token_ids)),
+        ignore_eos=True,
+        stop=(),
+        logprobs=False,
+        repetition=None,
     )
 
 
-def measure_raw(engine: Engine, traced: Trace) -> Measurement:
-    """One generate call over the build's sampling requests, asking for nothing but the answers."""
-    before = engine.stats.generated_tokens
-    started = time.perf_counter()
-    # y°'s log-probabilities are how the build scores y°: scoring work, so not part of the ceiling.
-    engine.generate([replace(request, logprobs=False) for _, _, request in traced], desc="raw")
-    wall = time.perf_counter() - started
-    return Measurement("raw", wall, _answer_tokens(engine, before), generate_seconds=wall)
-
-
-def measure_serial(engine: Engine, plan: Plan, traced: Trace) -> tuple[Measurement, dict[str, float]]:
-    """The build's engine work one stage at a time: select, sample (as the build asks), score y+ and y-.
-
-    Each stage starts from an empty prefix cache except scoring, which finds x cached as the build does
-    (there y° is sampled under x before its siblings are scored); caching x is not timed.
-    """
-    queries = plan.queries.queries
-    engine.reset_prefix_cache()
-    started = time.perf_counter()
-    prepare_chunk(engine, plan, queries)
-    select = time.perf_counter() - started
-
-    engine.reset_prefix_cache()
-    before = engine.stats.generated_tokens
-    started = time.perf_counter()
-    answers = engine.generate([request for _, _, request in traced], desc="serial sample")
-    sample = time.perf_counter() - started
-    answer_tokens = _answer_tokens(engine, before)
-
-    bare = {pid: request for pid, role, request in traced if role == "original"}
-    steered = [
-        (bare[pid].prompt_ids, answer.token_ids)
-        for (pid, role, _), answer in zip(traced, answers, strict=True)
-        if role != "original"
-    ]
-    engine.reset_prefix_cache()
-    engine.generate([replace(request, max_tokens=1, logprobs=False) for request in bare.values()], desc="cache x")
-    started = time.perf_counter()
-    engine.score(steered, desc="serial score")
-    score = time.perf_counter() - started
-
-    stages = {"select": select, "sample": sample, "score": score}
-    wall = select + sample + score
-    return Measurement("serial", wall, answer_tokens, generate_seconds=select + sample, score_seconds=score), stages
+def measure_raw(engine: Engine, answers: Answers) -> Measurement:
+    """One generate call over the build's answers, each replayed to its exact length."""
+    counter = _Counter(engine)
+    done = engine.generate([replay(request, completion) for request, completion in answers], desc="raw")
+    return counter.measurement("raw", sum(len(c.token_ids) for c in done))
 
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:
-    """Sequential batches of 16: one selection call, then one call per role, no scoring."""
+    """Sequential batches of 16: one sampled selection call, then one call per role; no scoring."""
+    config = replace(plan.config, feature_selection="sampled", generate_principles=False, repetition_max_pattern=0)
+    setup = Setup(replace(plan, config=config), engine.max_model_len)
     queries = plan.queries.queries
     answer_tokens = 0
-    gen0 = engine.stats.generate_seconds
-    started = time.perf_counter()
+    counter = _Counter(engine)
     for start in range(0, len(queries), REFERENCE_BATCH):
-        work = prepare_chunk(engine, plan, queries[start : start + REFERENCE_BATCH])
-        requests = sampling_requests(plan, work)
+        stages = [query_stages(setup, q) for q in queries[start : start + REFERENCE_BATCH]]
+        asked = [_send(s, None) for s in stages]
+        selecting = [i for i, a in enumerate(asked) if a is not None and "select" in a]
+        chosen = engine.generate([asked[i]["select"] for i in selecting], desc="reference select")  # type: ignore[index]
+        for i, completion in zip(selecting, chosen, strict=True):
+            asked[i] = _send(stages[i], {"select": completion})
         for role in ROLES:
-            before = engine.stats.generated_tokens
-            # The reference scores nothing, so it asks for no log-probs either.
-            batch = [replace(r, logprobs=False) for (_, r_role, r) in requests if r_role == role]
-            engine.generate(batch, desc=f"reference {role}")
-            answer_tokens += _answer_tokens(engine, before)
-    wall = time.perf_counter() - started
-    return Measurement("reference", wall, answer_tokens, generate_seconds=engine.stats.generate_seconds - gen0)
+            # The reference asks for the answers only: no log-probabilities.
+            batch = [replace(a[role], logprobs=False) for a in asked if a is not None and role in a]
+            answer_tokens += sum(len(c.token_ids) for c in engine.generate(batch, desc=f"reference {role}"))
+        for s in stages:
+            s.close()
+    return counter.measurement("reference", answer_tokens)
 
 
-def run_bench(engine: Engine, plan: Plan, repeats: int, log=print) -> BenchResult:
-    """Warm the engine, then measure ssogen, raw, reference and serial `repeats` times each (interleaved)."""
-    warm = plan.queries.queries[:2]
-    run_chunk(engine, plan, warm)  # compiles / allocates every code path once before timing
-    result = BenchResult(runs={"ssogen": [], "raw": [], "reference": [], "serial": []})
+def _send(stages: Any, got: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A query's next requests, or None once it has finished (e.g. dropped as too long)."""
+    try:
+        return stages.send(got)
+    except StopIteration:
+        return None
+
+
+def run_bench(
+    engine: Engine, plan: Plan, repeats: int, *, reproducible: bool = False, log: Callable[[str], Any] = print
+) -> BenchResult:
+    """Warm the engine, then measure ssogen, raw and reference `repeats` times each (interleaved)."""
+    setup = prepare(engine, plan)
+    warm = replace(plan, queries=replace(plan.queries, queries=plan.queries.queries[:2]))
+    for _ in flow_chunks(engine, replace(setup, plan=warm), warm.queries.queries, chunk_size=2):
+        pass  # compiles / allocates every code path once before timing
+    result = BenchResult()
+    chunk_size = plan.config.chunk_size
     for repeat in range(1, repeats + 1):
         # Each measurement starts with an empty prefix cache, so none reuses the prompts another computed.
         engine.reset_prefix_cache()
-        ssogen, traced = measure_ssogen(engine, plan)
+        ssogen, answers = measure_ssogen(engine, setup, chunk_size, reproducible)
         engine.reset_prefix_cache()
-        raw = measure_raw(engine, traced)
+        raw = measure_raw(engine, answers)
         engine.reset_prefix_cache()
         reference = measure_reference(engine, plan)
-        serial, stages = measure_serial(engine, plan, traced)
-        for m in (ssogen, raw, reference, serial):
+        for m in (ssogen, raw, reference):
             result.runs[m.name].append(m)
             log(
                 f"repeat {repeat} {m.name:>9}: wall {m.wall_seconds:7.2f}s  answer tokens {m.answer_tokens:6d}  "
-                f"{m.tokens_per_second:7.1f} tok/s  generate {m.generate_seconds:6.2f}s  "
-                f"score {m.score_seconds:5.2f}s  non-engine {m.non_engine_seconds:5.2f}s"
+                f"{m.tokens_per_second:7.1f} tok/s  steps {m.steps:6d}  sequences/step {m.sequences_per_step:6.1f}"
             )
-        log(f"repeat {repeat}    stages: " + "  ".join(f"{name} {seconds:6.2f}s" for name, seconds in stages.items()))
     return result

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import types
 import typing
@@ -150,7 +152,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
     try:
         try:
-            summary = build(config, overwrite=args.overwrite)
+            # vLLM's own output goes to a log file in the folder unless the user asked to see everything.
+            summary = build(config, overwrite=args.overwrite, engine_log=not (args.verbose or args.debug))
         except EngineError as exc:
             if _interrupted.is_set():  # the engine stopped because the user (or a scheduler) stopped us
                 raise KeyboardInterrupt from exc
@@ -240,31 +243,39 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ssogen.bench import bench_line, run_bench
+    from ssogen.bench import MEASUREMENTS, bench_line, run_bench
     from ssogen.engine import Engine
-    from ssogen.pipeline import engine_settings, plan_build
+    from ssogen.plan import engine_settings, plan_build
 
     if args.repeats < 1:
         raise UsageError(f"--repeats: {args.repeats} must be at least 1.")
     config = build_config(args)
     plan = plan_build(config)
-    with Engine(engine_settings(config, plan.model)) as engine:
-        result = run_bench(engine, plan, args.repeats, log=lambda line: print(line, flush=True))
-        start = engine.stats.start_seconds
-    for name in ("ssogen", "raw", "reference", "serial"):
+    # A bench writes nothing into an output folder; vLLM's own output goes to a temporary log.
+    log_file = None if args.verbose else str(Path(tempfile.gettempdir()) / f"ssogen-bench-{os.getpid()}.log")
+    with Engine(engine_settings(config, plan.model, log_file=log_file)) as engine:
+        result = run_bench(
+            engine, plan, args.repeats, reproducible=config.reproducible, log=lambda line: print(line, flush=True)
+        )
+        start, slots = engine.stats.start_seconds, engine.max_num_seqs
+    for name in MEASUREMENTS:
         print(
             f"median {name:>9}: wall {result.median(name, 'wall_seconds'):7.2f}s  "
             f"answer tokens {result.median(name, 'answer_tokens'):7.0f}  "
-            f"{result.median(name, 'tokens_per_second'):7.1f} tok/s  "
-            f"scoring {result.median(name, 'score_seconds'):5.2f}s  "
-            f"non-engine {result.median(name, 'non_engine_seconds'):5.2f}s"
+            f"{result.median(name, 'tokens_per_second'):7.1f} tok/s  steps {result.median(name, 'steps'):7.0f}  "
+            f"sequences/step {result.median(name, 'sequences_per_step'):6.1f}"
         )
     extra = {
+        "mode": "reproducible" if config.reproducible else "continuous",
+        "chunk_size": config.chunk_size,
         "queries": len(plan.queries.queries),
         "max_new_tokens": config.max_new_tokens,
+        "max_num_seqs": slots,
         "repeats": args.repeats,
         "engine_start_s": f"{start:.1f}",
     }
+    if log_file:
+        print(f"vLLM's own output: {log_file}", flush=True)
     print(bench_line(result.ratios(), extra), flush=True)
     return 0
 

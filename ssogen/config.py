@@ -17,6 +17,9 @@ import yaml
 
 from ssogen.errors import UsageError
 
+# `--feature-selection` (kept here, not imported from ssogen.steer, so the settings load without the method).
+FEATURE_SELECTION_MODES = ("ranked", "sampled", "random")
+
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
@@ -64,19 +67,47 @@ class BuildConfig:
         False, "Let the policy write query-specific principles as JSON (library text on any failure)."
     )
     alpha: float = _setting(
-        0.5,
-        "α in W = sigmoid(-(α·π̃(y+|x) + (1-α)·π̃(y-|x))); 0.5 weighs chosen and rejected equally.",
+        0.66,
+        "α in W = sigmoid(-(α·π̃(y+|x) + (1-α)·π̃(y-|x))); 0.66 as in the SSO authors' training script.",
     )
     temperature: float = _setting(0.7, "Sampling temperature for y+, y- and y°.")
     top_p: float = _setting(0.8, "Nucleus sampling top-p for y+, y- and y°.")
     max_new_tokens: int = _setting(2048, "Token limit per answer; answers cut by it are kept and flagged.")
-    selection_temperature: float = _setting(
-        0.0, "Temperature of the feature-selection call (0 = greedy, the most likely features)."
+    feature_selection: str = _setting(
+        "ranked",
+        "How each query's features are chosen: ranked (the policy's log-probability of each feature name, "
+        "calibrated on reference queries; one prefill per query), sampled (the SSO reference's way: the policy "
+        "writes a list, which is shuffled and cut to k) or random.",
     )
-    selection_max_tokens: int = _setting(32, "Token limit of the feature-selection answer.")
+    selection_temperature: float = _setting(0.7, "With --feature-selection sampled: sampling temperature of the list.")
+    selection_top_p: float = _setting(0.8, "With --feature-selection sampled: top-p of the list.")
+    selection_max_tokens: int = _setting(32, "With --feature-selection sampled: token limit of the list.")
     principle_max_tokens: int = _setting(512, "Token limit of a generated-principles answer.")
+    repetition_max_pattern: int = _setting(
+        32,
+        "The engine ends an answer whose last --repetition-min-count n-grams are the same, for n up to this "
+        "many tokens (vLLM's repetition detection; finish reason 'repetition'). 0 turns it off.",
+    )
+    repetition_min_pattern: int = _setting(1, "The shortest n-gram (in tokens) the repetition check looks for.")
+    repetition_min_count: int = _setting(
+        8, "How many times in a row an n-gram must repeat at the end of an answer for the engine to end it."
+    )
+    loop_compression: float = _setting(
+        0.15,
+        "An answer that zlib compresses below this fraction of its size (it circles on near-copies of itself) "
+        "is a loop too, judged once it ended; 0 turns the check off.",
+    )
     chunk_size: int = _setting(
-        256, "Queries whose roles are all in flight in one engine call; finished work is saved per chunk."
+        256,
+        "Finished queries saved together (the unit of durability: a kill loses at most the queries in flight "
+        "and one unsaved chunk). The engine is kept full across chunks; with --reproducible a chunk is also a "
+        "batch.",
+    )
+    reproducible: bool = _setting(
+        False,
+        "Run each chunk as held batches (every stage of a chunk released together, the prefix cache emptied "
+        "between chunks): reruns and resumes give the same rows to the bit, at the cost of an engine that "
+        "drains at the end of every chunk.",
     )
 
     # --- the dataset ---------------------------------------------------------------------------------
@@ -128,7 +159,11 @@ class BuildConfig:
 
     # --- engine -----------------------------------------------------------------------------------
     dtype: str = _setting("auto", "Model dtype for vLLM (auto, bfloat16, float16, float32).")
-    max_model_len: int = _setting(4096, "Context length (prompt + answer) the engine reserves per sequence.")
+    max_model_len: int | None = _setting(
+        None,
+        "Context length (prompt + answer) per sequence; default: the model's own (on GPU, vLLM shortens it to "
+        "what the memory holds).",
+    )
     tensor_parallel_size: int = _setting(1, "GPUs per engine (tensor parallelism).")
     gpu_memory_utilization: float | None = _setting(
         None,
@@ -140,6 +175,11 @@ class BuildConfig:
         None,
         "KV-cache block size in tokens (default: 32 on CPU, vLLM's own on GPU). Prefix caching shares whole "
         "blocks, so smaller ones let scoring reuse more of the bare query's KV; on CPU it must be a multiple of 32.",
+    )
+    max_num_seqs: int | None = _setting(
+        None,
+        "Sequences the engine runs in one step (vLLM's slots; its default: 256 on CPU, 256-1024 on GPUs). The build "
+        "keeps about twice as many in flight so the slots stay full.",
     )
     cpu_reserved_cores: int | None = _setting(
         None,
@@ -168,6 +208,7 @@ class BuildConfig:
             (self.num_shards >= 1, "num_shards", "must be at least 1"),
             (self.executor in {"local", "ray"}, "executor", "must be local or ray"),
             (self.replicas >= 1, "replicas", "must be at least 1"),
+            (self.max_num_seqs is None or self.max_num_seqs >= 1, "max_num_seqs", "must be at least 1"),
             (
                 self.cpu_reserved_cores is None or self.cpu_reserved_cores >= 0,
                 "cpu_reserved_cores",
@@ -181,9 +222,23 @@ class BuildConfig:
             ),
             (self.round >= 0, "round", "must be 0 or more"),
             (self.selection_temperature >= 0.0, "selection_temperature", "must be 0 or more"),
+            (0.0 < self.selection_top_p <= 1.0, "selection_top_p", "must be in (0, 1]"),
+            (
+                self.feature_selection in FEATURE_SELECTION_MODES,
+                "feature_selection",
+                f"must be one of {', '.join(FEATURE_SELECTION_MODES)}",
+            ),
+            (self.repetition_max_pattern >= 0, "repetition_max_pattern", "must be 0 (off) or more"),
+            (
+                1 <= self.repetition_min_pattern <= max(self.repetition_max_pattern, 1),
+                "repetition_min_pattern",
+                "must be at least 1 and at most --repetition-max-pattern",
+            ),
+            (self.repetition_min_count >= 2, "repetition_min_count", "must be at least 2"),
+            (0.0 <= self.loop_compression < 1.0, "loop_compression", "must be in [0, 1) (0 turns it off)"),
             (self.selection_max_tokens > 0, "selection_max_tokens", "must be positive"),
             (self.principle_max_tokens > 0, "principle_max_tokens", "must be positive"),
-            (self.max_model_len > 0, "max_model_len", "must be positive"),
+            (self.max_model_len is None or self.max_model_len > 0, "max_model_len", "must be positive"),
             (self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be at least 1"),
             (
                 self.gpu_memory_utilization is None or 0.0 < self.gpu_memory_utilization <= 1.0,
@@ -199,7 +254,7 @@ class BuildConfig:
         for ok, name, fix in checks:
             if not ok:
                 raise UsageError(f"--{flag(name)}: {getattr(self, name)!r} {fix}.")
-        if self.max_new_tokens >= self.max_model_len:
+        if self.max_model_len is not None and self.max_new_tokens >= self.max_model_len:
             raise UsageError(
                 f"--max-new-tokens ({self.max_new_tokens}) must be smaller than --max-model-len "
                 f"({self.max_model_len}): the prompt needs room too."

@@ -1,14 +1,18 @@
 """`--executor ray`: the same SSO stages on a Ray cluster, through Ray Data.
 
 Owns: turning the unfinished queries into a Ray Dataset, the pool of engine replicas (a Ray Data actor
-pool whose actors each hold one `ssogen.engine.Engine` and run `ssogen.chunk.run_chunk` on a batch),
-and streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local
+pool whose actors each hold one `ssogen.engine.Engine` and one continuous `ssogen.flow.FlowService`), and
+streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local
 build does. So there is one code path for the stages, and a lost replica or a restarted driver costs at most
 the chunks in flight: a re-run resumes from the saved ones.
 
-Why an actor pool of our own engine rather than `ray.data.llm`'s processor: a chunk is not one engine call
-but four dependent ones (select features, [write principles], sample y+/y-/y°, score under x), with
-per-request seeds and prompt log-probs; keeping `run_chunk` whole inside the replica keeps local and Ray
+Each replica takes `BATCHES_PER_REPLICA` batches (chunks) at a time, in threads, and feeds both into its one
+flow: while one batch's last answers finish, the next batch's queries are already decoding, so a replica's
+engine does not drain at the end of every batch.
+
+Why an actor pool of our own engine rather than `ray.data.llm`'s processor: a query is not one engine call
+but several dependent ones (select features, [write principles], sample y+/y-/y°, score under x), with
+per-request seeds and prompt log-probs; running ssogen's own flow inside the replica keeps local and Ray
 builds identical by construction.
 """
 
@@ -29,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Replicas note their process id here so operators (and the fault test) can find them.
 REPLICAS_DIR = ".ssogen/replicas"
+# Batches a replica works on at once (threads feeding one continuous flow).
+BATCHES_PER_REPLICA = 2
 
 
 class Replica:
@@ -36,12 +42,17 @@ class Replica:
 
     def __init__(self, settings: dict[str, Any], output: str) -> None:
         from ssogen.engine import Engine
-        from ssogen.pipeline import engine_settings, plan_build
+        from ssogen.flow import FlowService, prepare
+        from ssogen.plan import engine_settings, plan_build
 
         config = BuildConfig(**settings)
         # The replica needs the model, library, templates and tokenizer; the queries come in batches.
         self.plan = plan_build(config, load_queries_now=False)
-        self.engine = Engine(engine_settings(config, self.plan.model))
+        log_file = str(Path(output) / ".ssogen" / f"engine-replica-{os.getpid()}.log")
+        self.engine = Engine(engine_settings(config, self.plan.model, log_file=log_file))
+        self.setup = prepare(self.engine, self.plan)
+        # --reproducible: each batch alone, in held batches (the Ray pool then sends one batch at a time).
+        self.flow = None if config.reproducible else FlowService(self.engine, self.setup)
         marker = Path(output) / REPLICAS_DIR / str(os.getpid())
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -49,14 +60,25 @@ class Replica:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from ssogen.chunk import run_chunk
         from ssogen.store import CHUNK_SCHEMA
 
         queries = [
-            Query(prompt_id=row["prompt_id"], prompt=row["prompt"], context=tuple(row["context"] or ()))
+            Query(
+                prompt_id=row["prompt_id"],
+                prompt=row["prompt"],
+                context=tuple(row["context"] or ()),
+                system=row["system"] or "",
+            )
             for row in batch.to_pylist()
         ]
-        return pa.Table.from_pylist(run_chunk(self.engine, self.plan, queries), schema=CHUNK_SCHEMA)
+        if self.flow is not None:
+            rows = self.flow.run(queries)
+        else:
+            from ssogen.flow import flow_chunks
+
+            chunks = flow_chunks(self.engine, self.setup, queries, chunk_size=len(queries), reproducible=True)
+            rows = [row for chunk in chunks for row in chunk]
+        return pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)
 
 
 def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str, Any]]]:
@@ -77,8 +99,13 @@ def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     gpus = 0 if _on_cpu() else config.tensor_parallel_size
-    rows = [{"prompt_id": q.prompt_id, "prompt": q.prompt, "context": [dict(m) for m in q.context]} for q in todo]
-    schema = pa.schema([(f.name, f.type) for f in CHUNK_SCHEMA if f.name in ("prompt_id", "prompt", "context")])
+    columns = ("prompt_id", "prompt", "system", "context")
+    rows = [
+        {"prompt_id": q.prompt_id, "prompt": q.prompt, "system": q.system, "context": [dict(m) for m in q.context]}
+        for q in todo
+    ]
+    schema = pa.schema([(f.name, f.type) for f in CHUNK_SCHEMA if f.name in columns])
+    batches_per_replica = 1 if config.reproducible else BATCHES_PER_REPLICA
     dataset = ray.data.from_arrow(pa.Table.from_pylist(rows, schema=schema)).repartition(
         max(1, -(-len(rows) // config.chunk_size))
     )
@@ -87,8 +114,14 @@ def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str
         fn_constructor_kwargs={"settings": _plain(config), "output": str(config.output)},
         batch_size=config.chunk_size,
         batch_format="pyarrow",
-        # A fixed pool; Ray Data restarts a replica that dies and retries the batch it held.
-        compute=ray.data.ActorPoolStrategy(size=config.replicas),
+        # A fixed pool; Ray Data restarts a replica that dies and retries the batches it held. Each replica
+        # runs BATCHES_PER_REPLICA batches at once, in threads, so its flow never runs dry between batches.
+        compute=ray.data.ActorPoolStrategy(
+            size=config.replicas,
+            max_tasks_in_flight_per_actor=batches_per_replica,
+            enable_true_multi_threading=batches_per_replica > 1,
+        ),
+        max_concurrency=batches_per_replica,
         num_gpus=gpus,
         num_cpus=1,
     )

@@ -18,6 +18,7 @@ thread wakes it, and the caller sees `EngineError`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ssogen.errors import SsogenError
@@ -48,7 +50,8 @@ class EngineSettings:
 
     model: str
     dtype: str = "auto"
-    max_model_len: int = 4096
+    # None: the model's own context on CPU (given by the caller), vLLM's auto-fit to memory on GPU.
+    max_model_len: int | None = 4096
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
     enforce_eager: bool = False
@@ -57,6 +60,18 @@ class EngineSettings:
     seed: int = 0
     cpu_reserved_cores: int | None = None
     block_size: int | None = None
+    max_num_seqs: int | None = None
+    # vLLM's own logs (and its processes' stdout / stderr) go to this file instead of the terminal.
+    log_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """vLLM's repetition check: end a sequence whose last `min_count` n-grams (n in [min_size, max_size]) match."""
+
+    min_size: int
+    max_size: int
+    min_count: int
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class Request:
     # Return the log-probabilities of just these tokens at each answer position (a verdict or a ranking
     # read off the first position with max_tokens=1: one prefill, no sampling needed).
     logprob_token_ids: tuple[int, ...] | None = None
+    repetition: Repetition | None = None
+    ignore_eos: bool = False  # the benchmark replays an answer's exact length
 
 
 @dataclass(frozen=True)
@@ -91,7 +108,7 @@ class Completion:
 
 @dataclass
 class EngineStats:
-    """Where the engine's time went, for the run summary and the benchmark."""
+    """Where the engine's time went, and how full its steps were, for the run summary and the benchmark."""
 
     start_seconds: float = 0.0
     generate_seconds: float = 0.0
@@ -101,6 +118,21 @@ class EngineStats:
     scored_from_cache: int = 0  # prompt tokens of scorings served by the prefix cache (not computed again)
     rescored: int = 0  # scorings whose prefix-cache hit reached into the answer, so were run again uncached
     tokens_by_call: Counter[str] = field(default_factory=Counter)  # generated tokens per call description
+    # Engine steps in which at least one sequence produced a token, and the sequences that did, summed over
+    # those steps: what a GPU pays for is the steps (each reads every weight, whatever the batch).
+    steps: int = 0
+    step_sequences: int = 0
+
+    @property
+    def sequences_per_step(self) -> float:
+        return self.step_sequences / self.steps if self.steps else 0.0
+
+
+def on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here (the CPU build, no GPU)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 class EngineError(SsogenError):
@@ -122,7 +154,6 @@ class Engine:
             # model's threads. An offline batch's scheduler mostly waits on the model, and `ssogen bench`
             # measured 1.78x the raw throughput with every core on the model (203 -> 362 tok/s).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM
         from vllm.platforms import current_platform
 
         self.settings = settings
@@ -131,7 +162,8 @@ class Engine:
         kwargs: dict[str, Any] = dict(
             model=settings.model,
             dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
+            # -1 asks vLLM for the model's own context, or the longest that fits in memory.
+            max_model_len=settings.max_model_len if settings.max_model_len is not None else -1,
             tensor_parallel_size=settings.tensor_parallel_size,
             gpu_memory_utilization=settings.gpu_memory_utilization or (CPU_MEMORY_FRACTION if self.on_cpu else 0.9),
             enforce_eager=settings.enforce_eager,
@@ -141,21 +173,39 @@ class Engine:
         )
         if settings.block_size is not None:
             kwargs["block_size"] = settings.block_size
+        if settings.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = settings.max_num_seqs
         if self.on_cpu:
+            if settings.max_model_len is None:
+                raise EngineError("on CPU the engine needs an explicit max_model_len (chunked prefill is off)")
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(settings.max_model_len, 4096)
             # vLLM's CPU default of 128-token blocks is coarser than most bare queries, so scoring could
             # reuse none of x's KV; 32 (the smallest the CPU attention kernel takes) lets it reuse most of it.
             kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
         started = time.perf_counter()
-        try:
-            self.llm = LLM(**kwargs)
-        except Exception as exc:
-            raise EngineError(f"the vLLM engine failed to start for {settings.model}: {exc}") from exc
+        with _engine_output_to(settings.log_file):
+            from vllm import LLM
+
+            try:
+                self.llm = LLM(**kwargs)
+            except Exception as exc:
+                raise EngineError(f"the vLLM engine failed to start for {settings.model}: {exc}") from exc
         self.stats.start_seconds = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
         self._watchdog_stop = threading.Event()
         _start_watchdog(self.llm.llm_engine.engine_core, self._watchdog_stop)
+        _count_steps(self.llm.llm_engine.engine_core, self.stats)
+
+    @property
+    def max_model_len(self) -> int:
+        """The context the engine holds per sequence (prompt + answer), as vLLM settled it."""
+        return int(self.llm.llm_engine.vllm_config.model_config.max_model_len)
+
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences the scheduler runs in one step: the slots a build must keep full."""
+        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
     def is_dead(self) -> bool:
         """Whether vLLM has seen one of its engine processes exit."""
@@ -206,8 +256,9 @@ class Engine:
         self.llm.reset_prefix_cache()
 
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
-        """Generate every request in one engine call (all in flight together)."""
+        """Generate every request in one engine call (all in flight together, released as one batch)."""
         stream = self.stream(desc)
+        stream.hold()
         for index, request in enumerate(requests):
             stream.generate(index, request)
         completions = dict(iter(stream))
@@ -216,14 +267,15 @@ class Engine:
     def score(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "score") -> list[list[float]]:
         """Per-token log-probabilities of each response continuing its prompt, by one prefill each."""
         stream = self.stream(desc)
+        stream.hold()
         for index, (prompt, response) in enumerate(pairs):
             stream.score(index, prompt, response)
         scores = dict(iter(stream))
         return [scores[index] for index in range(len(pairs))]
 
-    def stream(self, desc: str) -> EngineStream:
+    def stream(self, desc: str, *, progress: bool = True) -> EngineStream:
         """A stream of requests that may be added while results come back (see `EngineStream`)."""
-        return EngineStream(self, desc)
+        return EngineStream(self, desc, progress=progress)
 
     def _completion(self, out: Any, request: Request, desc: str) -> Completion:
         best = out.outputs[0]
@@ -266,9 +318,14 @@ def _tokens(ids: Sequence[int]) -> dict[str, list[int]]:
 
 def _sampling(request: Request) -> Any:
     from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.sampling_params import RepetitionDetectionParams, StructuredOutputsParams
 
-    structured = None
+    structured = repetition = None
+    if request.repetition is not None:
+        rule = request.repetition
+        repetition = RepetitionDetectionParams(
+            max_pattern_size=rule.max_size, min_pattern_size=rule.min_size, min_count=rule.min_count
+        )
     if request.json_schema is not None or request.regex is not None:
         structured = StructuredOutputsParams(json=request.json_schema, regex=request.regex)
     return SamplingParams(
@@ -280,6 +337,8 @@ def _sampling(request: Request) -> Any:
         logprobs=0 if request.logprobs else None,
         logprob_token_ids=list(request.logprob_token_ids) if request.logprob_token_ids else None,
         structured_outputs=structured,
+        ignore_eos=request.ignore_eos,
+        repetition_detection=repetition,
     )
 
 
@@ -329,29 +388,34 @@ class _Pending:
 
 
 class EngineStream:
-    """One engine call: generation and scoring requests released together, results as each finishes.
+    """Requests in flight on one engine: added at any time, each result handed back as it finishes.
 
-    The requests added before iteration starts form the engine's first batch together (the scheduler is
-    held until then); each result is handed back the moment it finishes, and requests may still be added
-    while iterating (a scoring whose cache hit reached into the answer is redone that way). Results come as
-    (key, Completion) for a generation and (key, list of per-token log-probabilities) for a scoring.
+    Results come as (key, Completion) for a generation and (key, list of per-token log-probabilities) for
+    a scoring. `step` runs one engine step; iterating runs steps until nothing is left in flight.
 
-    Time is booked as generation while any generation is in flight, and as scoring otherwise.
+    ``hold()`` pauses the scheduler until the next step, so the requests added meanwhile form the engine's
+    first batch together: the engine would otherwise start on the first few while the rest are still being
+    sent, and (bf16 on CPU) a different batch gives different answers. Time is booked as generation while
+    any generation is in flight, and as scoring otherwise.
     """
 
-    def __init__(self, engine: Engine, desc: str) -> None:
+    def __init__(self, engine: Engine, desc: str, *, progress: bool = True) -> None:
         self.engine = engine
         self.desc = desc
         self.pending: dict[str, _Pending] = {}
         self.generations_left = 0
         self._ids = itertools.count()
         self._bar: Any = None
+        self._progress = progress
+        self._held = False
+        self._mark: float | None = None
         # Reading the prefix cache for scorings needs it switched on (else every hit is zero anyway).
         self._read_cache = engine.settings.enable_prefix_caching
-        # Hold the scheduler until iteration starts, so the requests added before it form the first batch
-        # together: the engine would otherwise start on the first few while the rest are still being sent,
-        # and (bf16 on CPU) a different batch gives different answers.
-        self._held = engine._call_core(desc, "pause_scheduler", "keep", False)
+
+    def hold(self) -> None:
+        """Pause the scheduler until the next `step`, so the requests added meanwhile start together."""
+        if not self._held:
+            self._held = self.engine._call_core(self.desc, "pause_scheduler", "keep", False)
 
     def generate(self, key: Hashable, request: Request) -> None:
         self._add(_Pending(key, "generate", list(request.prompt_ids), request=request), _sampling(request))
@@ -380,46 +444,122 @@ class EngineStream:
             self._bar.total += 1
             self._bar.refresh()
 
-    def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
-        from tqdm import tqdm
-
+    def step(self) -> list[tuple[Hashable, Any]]:
+        """One engine step (releasing a held scheduler first); the results that finished in it."""
         engine, stats = self.engine, self.engine.stats
-        core = engine.llm.llm_engine
-        self._bar = tqdm(total=len(self.pending), desc=self.desc, leave=False)
+        if self._bar is None and self._progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(self.pending), desc=self.desc, leave=False)
         if self._held:
             engine._call_core(self.desc, "resume_scheduler")
             self._held = False
-        mark = time.perf_counter()
+        if self._mark is None:
+            self._mark = time.perf_counter()
+        try:
+            outputs = engine.llm.llm_engine.step()
+        except Exception as exc:
+            raise engine.failure(self.desc, exc) from exc
+        now = time.perf_counter()
+        if self.generations_left:
+            stats.generate_seconds += now - self._mark
+        else:
+            stats.score_seconds += now - self._mark
+        self._mark = now
+        finished: list[tuple[Hashable, Any]] = []
+        for out in outputs:
+            if not out.finished or out.request_id not in self.pending:
+                continue
+            item = self.pending.pop(out.request_id)
+            if item.kind == "generate":
+                assert item.request is not None
+                self.generations_left -= 1
+                finished.append((item.key, engine._completion(out, item.request, self.desc)))
+            elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
+                # The cache hit reached into the answer (another answer began with the same tokens), so some
+                # of its positions have no log-probability: score it again without the cache.
+                stats.rescored += 1
+                if self._bar is not None:
+                    self._bar.total -= 1
+                self._score(replace(item, read_cache=False))
+                continue
+            else:
+                assert item.response_ids is not None
+                finished.append((item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)))
+            if self._bar is not None:
+                self._bar.update(1)
+        if not self.pending:
+            self._mark = None  # idle time between uses of the stream is nobody's
+        return finished
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()  # clears its line, so an error message starts on a clean one
+            self._bar = None
+
+    def __iter__(self) -> Iterator[tuple[Hashable, Any]]:
         try:
             while self.pending:
-                try:
-                    outputs = core.step()
-                except Exception as exc:
-                    raise engine.failure(self.desc, exc) from exc
-                now = time.perf_counter()
-                if self.generations_left:
-                    stats.generate_seconds += now - mark
-                else:
-                    stats.score_seconds += now - mark
-                mark = now
-                for out in outputs:
-                    if not out.finished or out.request_id not in self.pending:
-                        continue
-                    item = self.pending.pop(out.request_id)
-                    if item.kind == "generate":
-                        self._bar.update(1)
-                        self.generations_left -= 1
-                        assert item.request is not None
-                        yield item.key, engine._completion(out, item.request, self.desc)
-                    elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
-                        # The cache hit reached into the answer (another answer began with the same tokens), so
-                        # some of its positions have no log-probability: score it again without the cache.
-                        stats.rescored += 1
-                        self._bar.total -= 1
-                        self._score(replace(item, read_cache=False))
-                    else:
-                        assert item.response_ids is not None
-                        self._bar.update(1)
-                        yield item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)
+                yield from self.step()
         finally:
-            self._bar.close()  # clears its line, so an error message starts on a clean one
+            self.close()
+
+
+def _count_steps(client: Any, stats: EngineStats) -> None:
+    """Count the engine steps that produced tokens, and the sequences that did, as their outputs arrive.
+
+    Every engine-core step sends one batch of outputs, one per request that got a token; `LLMEngine.step`
+    reads one batch per call. Wrapping the client's reader on this instance is the only place that sees
+    the batches before they are merged into per-request outputs.
+    """
+    read = client.get_output
+
+    def get_output() -> Any:
+        batch = read()
+        produced = sum(1 for out in getattr(batch, "outputs", None) or () if out.new_token_ids)
+        if produced:
+            stats.steps += 1
+            stats.step_sequences += produced
+        return batch
+
+    client.get_output = get_output
+
+
+@contextlib.contextmanager
+def _engine_output_to(log_file: str | None) -> Iterator[None]:
+    """Send vLLM's logs, and its processes' stdout and stderr, to ``log_file`` (None: leave them be).
+
+    vLLM's engine processes are started while the engine is built and inherit this process's file
+    descriptors, so those point at the log for that time. vLLM configures its loggers in this process while
+    the engine is built too, so its handlers (and Python's warnings) are pointed at the file afterwards.
+    """
+    if log_file is None:
+        yield
+        return
+    import logging as _logging
+    import sys
+
+    os.environ["VLLM_LOGGING_LEVEL"] = "INFO"  # the file is for debugging: keep vLLM's INFO lines there
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with open(log_file, "ab", buffering=0) as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+    handler = _logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _logging.captureWarnings(True)
+    for name in ("vllm", "py.warnings"):
+        target = _logging.getLogger(name)
+        target.handlers = [handler]
+        target.propagate = False
+        target.setLevel(_logging.INFO)

@@ -53,7 +53,12 @@ def export_folder(
         for split, table in splits.items():
             folder.write_config(name, split, table)
             counts[name][split] = table.num_rows
-    _write_text(folder.root / "dataset_info.json", json.dumps(llamafactory_dataset_info(), indent=2) + "\n")
+    written = data / "sso_reference"
+    reference = {
+        split: sorted(p.relative_to(folder.root).as_posix() for p in written.glob(f"{split}-*.parquet"))
+        for split in counts.get("sso_reference", {})
+    }
+    _write_text(folder.root / "dataset_info.json", json.dumps(llamafactory_dataset_info(reference), indent=2) + "\n")
     plots: list[str] = []
     stale_plots = folder.root / PLOTS_DIR
     if stale_plots.is_dir():

@@ -8,6 +8,7 @@ data, never as template source), and the content hashes recorded with every data
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ from jinja2.sandbox import SandboxedEnvironment
 from ssogen.errors import UsageError
 
 REQUIRED_FIELDS = ("name", "adjectives", "meaning", "positive", "negative")
-# The templates that shape generation (hashed into a build's fingerprint), then the card's.
-GENERATION_TEMPLATES = ("select_features.j2", "generate_principles.j2", "steering_system.j2")
-TEMPLATES = (*GENERATION_TEMPLATES, "dataset_card.md.j2")
+# The reference queries that calibrate the ranked feature selection (one JSON string per line).
+CALIBRATION_FILE = "selection_calibration.jsonl"
+BUNDLED_CALIBRATION_SIZE = 90
+# The files that shape generation (hashed into a build's fingerprint), then the card's template.
+GENERATION_TEMPLATES = ("select_features.j2", "generate_principles.j2", "steering_system.j2", CALIBRATION_FILE)
+TEMPLATES = (*GENERATION_TEMPLATES[:3], "dataset_card.md.j2")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,34 @@ class Templates:
             return self.env.get_template(name)
         except TemplateError as exc:
             raise UsageError(f"--prompts: {self.folder / name}: {exc}") from None
+
+    def calibration_queries(self) -> list[str]:
+        """The reference queries of the ranked feature selection (`CALIBRATION_FILE`), validated."""
+        path = self.folder / CALIBRATION_FILE
+        if not path.is_file():
+            raise UsageError(
+                f"--prompts: {path} is missing; --feature-selection ranked calibrates on it (copy the bundled one "
+                f"from {resource_dir('prompts') / CALIBRATION_FILE}), or use --feature-selection sampled."
+            )
+        queries: list[str] = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                query = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(
+                    f"--prompts: {path}, line {number}: not JSON ({exc.msg}); write one JSON string per line."
+                ) from None
+            if not isinstance(query, str) or not query.strip():
+                raise UsageError(f"--prompts: {path}, line {number}: each line must be a non-empty JSON string.")
+            queries.append(query)
+        if len(queries) < 8:
+            raise UsageError(
+                f"--prompts: {path} holds {len(queries)} queries; the calibration needs at least 8 varied ones "
+                f"(the bundled file has {BUNDLED_CALIBRATION_SIZE})."
+            )
+        return queries
 
     def render(self, name: str, **data: Any) -> str:
         return str(self.render_module(name, **data)).strip()

@@ -126,3 +126,25 @@ def _folder_hash(path: Path) -> str:
             if item.suffix == ".json" and item.stat().st_size < 1_000_000:
                 digest.update(item.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def model_context_length(model: ModelRef, *, trust_remote_code: bool = False) -> int:
+    """The context length (prompt + answer) the model was trained for, read from its config.
+
+    The default for --max-model-len, so that long queries are dropped only when the model itself could not
+    take them (the reference runs at the model's own context).
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise UsageError(f"--model: could not read the model's config from {model.path}: {exc}") from None
+    config = getattr(config, "text_config", None) or config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise UsageError(
+        f"--model: {model.path}'s config names no context length (max_position_embeddings); give --max-model-len."
+    )

@@ -1,9 +1,9 @@
-"""`ssogen build`: plans a build, runs its chunks on one engine, and writes the folder.
+"""`ssogen build`: run a planned build on one engine (or a Ray pool), save its chunks, write the folder.
 
-Owns: validating every setting and input before an engine starts (`plan_build`), the settings a resume
-must match, which queries are left to do, the chunk loop (each finished chunk is saved before the next
-starts, so a stopped run resumes where it was), the dry run, and the closing summary. What happens
-inside a chunk is `ssogen.chunk`.
+Owns: which queries are left to do (resume), the build loop (the continuous flow of `ssogen.flow`, each
+finished chunk saved as it completes, so a stopped run resumes where it was), where the engine's own
+output goes (a log file in the folder's working state), the dry run, and the closing summary.
+Validating settings and inputs is `ssogen.plan`; one query's stages are `ssogen.stages`.
 """
 
 from __future__ import annotations
@@ -13,22 +13,23 @@ import math
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from ssogen import __version__
-from ssogen.chat import ChatFormat
-from ssogen.chunk import dropped_row, prepare_chunk, run_chunk
+from tqdm import tqdm
+
 from ssogen.config import BuildConfig
-from ssogen.engine import Engine, EngineSettings
-from ssogen.errors import UsageError
+from ssogen.engine import Engine
 from ssogen.export import export_folder
-from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
-from ssogen.models import ModelRef, resolve_model
-from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries, query_source_options
+from ssogen.flow import dry_run_prompts, flow_chunks, prepare
+from ssogen.plan import Plan, engine_settings, plan_build
+from ssogen.sources import QueryStats, iter_queries, query_source_options
+from ssogen.stages import dropped_row
 from ssogen.store import OutputFolder
 
 logger = logging.getLogger(__name__)
+
+ENGINE_LOG = ".ssogen/engine.log"  # vLLM's own output, kept out of the terminal (see `engine_log`)
 
 
 @dataclass
@@ -43,8 +44,10 @@ class BuildSummary:
     mean_weight: float = math.nan
     generated_tokens: int = 0
     generate_seconds: float = 0.0
-    score_seconds: float = 0.0
     engine_start_seconds: float = 0.0
+    steps: int = 0  # engine steps that produced tokens, and the sequences per such step
+    sequences_per_step: float = 0.0
+    engine_log: str | None = None
     save_seconds: float = 0.0  # writing finished chunks (the cost of being resumable)
     remote_engine: bool = False  # the engines ran in Ray replicas, whose figures this process does not see
     wall_seconds: float = 0.0
@@ -64,118 +67,19 @@ class BuildSummary:
                 "engine figures: in the Ray replicas (see their logs)"
                 if self.remote_engine
                 else f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
-                f"({self.tokens_per_second:.1f} tok/s); scoring {self.score_seconds:.1f}s; "
-                f"engine start {self.engine_start_seconds:.1f}s"
+                f"({self.tokens_per_second:.1f} tok/s); {self.steps} engine steps, "
+                f"{self.sequences_per_step:.1f} sequences per step; engine start {self.engine_start_seconds:.1f}s"
             ),
             f"saving chunks {self.save_seconds:.2f}s; wall {self.wall_seconds:.1f}s",
+            *([f"vLLM's own output: {self.engine_log}"] if self.engine_log else []),
         ]
 
 
-@dataclass
-class Plan:
-    """Everything a build needs, loaded and validated before the engine starts."""
+def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = True) -> BuildSummary:
+    """Run a whole build: plan, generate every unfinished query, write the folder's tables and card.
 
-    config: BuildConfig
-    model: ModelRef
-    library: list[Feature]
-    templates: Templates
-    queries: QuerySet
-    folder: OutputFolder
-    settings: dict[str, Any]
-    chat: ChatFormat
-
-
-def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
-    """Validate settings and load every input; nothing here starts an engine or writes output.
-
-    ``load_queries_now=False`` leaves the queries to be streamed (the dry run); they are still opened and
-    their first row checked, so a bad query file fails here.
+    ``engine_log``: send vLLM's own output to `ENGINE_LOG` in the folder (False: leave it on the terminal).
     """
-    config.validate()
-    library = load_library(config.principles)
-    templates = Templates(config.prompts)
-    selectable = [f for f in library if f.bound_probability == 0]
-    if config.num_features > len(selectable):
-        raise UsageError(
-            f"--num-features: {config.num_features} is more than the {len(selectable)} selectable features "
-            f"of the principle library; use at most {len(selectable)}."
-        )
-    if load_queries_now:
-        queries = load_queries(config.queries, config.query_column, config.limit, **query_source_options(config))
-        if config.num_shards > 1:
-            queries = shard(queries, config.num_shards, config.shard_index)
-    else:
-        next(iter_queries(config.queries, config.query_column, limit=1, **query_source_options(config)))
-        queries = QuerySet(queries=[], empty=[], duplicates=0, source=config.queries or "bundled")
-    model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
-    folder = OutputFolder(config.output)
-    settings = run_settings(config, model, templates)
-    chat = ChatFormat(load_tokenizer(model, trust_remote_code=config.trust_remote_code))
-    return Plan(config, model, library, templates, queries, folder, settings, chat)
-
-
-def load_tokenizer(model: ModelRef, *, trust_remote_code: bool) -> Any:
-    """The model's tokenizer, loaded before any engine so a model without a chat template fails fast."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model.path, trust_remote_code=trust_remote_code)
-    except Exception as exc:
-        raise UsageError(f"--model: could not load a tokenizer from {model.path}: {exc}") from None
-
-
-def shard_of(prompt_id: str, num_shards: int) -> int:
-    """The shard of a query: from its id alone, so N independent jobs cover every query exactly once."""
-    return int(prompt_id, 16) % num_shards
-
-
-def shard(queries: QuerySet, num_shards: int, index: int) -> QuerySet:
-    def mine(q: Query) -> bool:
-        return shard_of(q.prompt_id, num_shards) == index
-
-    return QuerySet(
-        queries=[q for q in queries.queries if mine(q)],
-        empty=[q for q in queries.empty if mine(q)],
-        duplicates=queries.duplicates,
-        source=queries.source,
-    )
-
-
-def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
-    """The exact settings recorded with the dataset; the fingerprint is what a resume must match."""
-    principles = config.principles or resource_dir("principles")
-    values = config.to_dict()
-    fingerprint = {
-        "model": model.name,
-        "model_revision": model.revision,
-        "queries": config.queries or "bundled",
-        "query_column": config.query_column,
-        "query_split": config.query_split,  # None (train) and absent in older folders compare equal
-        "query_config": config.query_config,
-        "limit": config.limit,
-        "num_shards": config.num_shards,
-        "shard_index": config.shard_index,
-        "seed": config.seed,
-        "round": config.round,
-        "alpha": config.alpha,
-        "num_features": config.num_features,
-        "generate_principles": config.generate_principles,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "max_new_tokens": config.max_new_tokens,
-        "selection_temperature": config.selection_temperature,
-        "selection_max_tokens": config.selection_max_tokens,
-        "principle_max_tokens": config.principle_max_tokens,
-        "max_model_len": config.max_model_len,
-        "dtype": config.dtype,
-        "principles_hash": files_hash([*principles.glob("*.yaml"), *principles.glob("*.yml")]),
-        "prompts_hash": files_hash([templates.folder / name for name in GENERATION_TEMPLATES]),
-    }
-    return {"ssogen_version": __version__, "run": fingerprint, "settings": values}
-
-
-def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
-    """Run a whole build: plan, generate every unfinished chunk, write the `sso` and `dropped` tables."""
     started = time.perf_counter()
     plan = plan_build(config)
     plan.folder.prepare(plan.settings, overwrite=overwrite)
@@ -190,9 +94,11 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     empties = [q for q in plan.queries.empty if q.prompt_id not in finished]
     if empties:
         plan.folder.write_chunk(
-            plan.folder.next_chunk_index(), [dropped_row(q, [], "empty_query", plan) for q in empties]
+            plan.folder.next_chunk_index(), [dropped_row(plan, q, [], "empty_query") for q in empties]
         )
 
+    log_file = str(plan.folder.root / ENGINE_LOG) if engine_log else None
+    summary.engine_log = log_file if todo and config.executor == "local" else None
     if todo and config.executor == "ray":
         from ssogen.distributed import ray_chunks
 
@@ -202,16 +108,13 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
             summary.save_seconds += _save_chunk(plan.folder, rows)
             logger.info("chunk %d/%d done (%d queries, ray)", number, total, len(rows))
     elif todo:
-        chunks = [todo[i : i + config.chunk_size] for i in range(0, len(todo), config.chunk_size)]
-        with Engine(engine_settings(config, plan.model)) as engine:
+        with Engine(engine_settings(config, plan.model, log_file=log_file)) as engine:
             summary.engine_start_seconds = engine.stats.start_seconds
-            for number, chunk in enumerate(chunks, start=1):
-                rows = run_chunk(engine, plan, chunk)
-                summary.save_seconds += _save_chunk(plan.folder, rows)
-                logger.info("chunk %d/%d done (%d queries)", number, len(chunks), len(chunk))
+            _generate(engine, plan, todo, summary)
             summary.generated_tokens = engine.stats.generated_tokens
-            summary.generate_seconds = engine.stats.generate_seconds
-            summary.score_seconds = engine.stats.score_seconds
+            summary.generate_seconds = engine.stats.generate_seconds + engine.stats.score_seconds
+            summary.steps = engine.stats.steps
+            summary.sequences_per_step = engine.stats.sequences_per_step
 
     kept, dropped = plan.folder.split_chunks([q.prompt_id for q in all_queries])
     summary.counts = export_folder(
@@ -233,6 +136,20 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     summary.mean_weight = sum(weights) / len(weights) if weights else math.nan
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _generate(engine: Engine, plan: Plan, todo: list, summary: BuildSummary) -> None:
+    """Every unfinished query through the flow on this engine, each chunk saved the moment it is complete."""
+    config = plan.config
+    total = -(-len(todo) // config.chunk_size)
+    setup = prepare(engine, plan)
+    with tqdm(total=len(todo), desc="queries", unit="q", leave=False) as bar:
+        chunks = flow_chunks(engine, setup, todo, chunk_size=config.chunk_size, reproducible=config.reproducible)
+        for number, rows in enumerate(chunks, start=1):
+            summary.save_seconds += _save_chunk(plan.folder, rows)
+            bar.update(len(rows))
+            bar.clear()
+            logger.info("chunk %d/%d done (%d queries)", number, total, len(rows))
 
 
 @dataclass
@@ -262,35 +179,27 @@ def peak_rss_mib() -> float:
 
 
 def dry_run(config: BuildConfig) -> DryRunSummary:
-    """Render and tokenise every prompt of a build, chunk by chunk, with no engine and no output.
+    """Render and tokenise every prompt of a build, query by query, with no engine and no output.
 
-    Queries stream from the source, so memory holds one chunk (plus the ids seen, for deduplication).
+    Queries stream from the source, so memory holds one query at a time (plus the ids seen, for
+    deduplication). With no engine, features are drawn at random and principles come from the library.
     """
     plan = plan_build(config, load_queries_now=False)
+    setup = prepare(None, plan)
     summary = DryRunSummary()
     stats = QueryStats()
     started = time.perf_counter()
     milestone = 1000
-    chunk: list[Query] = []
-
-    def render(batch: list[Query]) -> None:
-        work = prepare_chunk(None, plan, batch)
-        summary.queries += len(batch)
-        summary.prompts += 4 * len(batch)  # selection, x+, x- and x
-        summary.prompt_tokens += sum(len(ids) for by_role in work.prompts.values() for ids in by_role.values())
-
     for query in iter_queries(config.queries, config.query_column, config.limit, stats, **query_source_options(config)):
         if query.prompt:
-            chunk.append(query)
-        if len(chunk) == config.chunk_size:
-            render(chunk)
-            chunk = []
+            prompts = dry_run_prompts(setup, query)
+            summary.queries += 1
+            summary.prompts += len(prompts)
+            summary.prompt_tokens += sum(map(len, prompts))
         if stats.rows >= milestone:
             summary.peak_rss_mib.append((stats.rows, peak_rss_mib()))
             logger.info("dry-run: %d queries rendered, peak RSS %.0f MiB", stats.rows, peak_rss_mib())
             milestone *= 10
-    if chunk:
-        render(chunk)
     summary.seconds = time.perf_counter() - started
     summary.peak_rss_mib.append((stats.rows, peak_rss_mib()))
     return summary
@@ -300,9 +209,3 @@ def _save_chunk(folder: OutputFolder, rows: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
     folder.write_chunk(folder.next_chunk_index(), rows)
     return time.perf_counter() - started
-
-
-def engine_settings(config: BuildConfig, model: ModelRef) -> EngineSettings:
-    """The engine's settings: every `EngineSettings` field is a `BuildConfig` field of the same name."""
-    shared = {f.name: getattr(config, f.name) for f in fields(EngineSettings) if f.name != "model"}
-    return EngineSettings(model=model.path, **shared)

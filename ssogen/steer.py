@@ -1,22 +1,27 @@
 """The SSO steering stages, as pure functions over text (no engine, no I/O).
 
-Owns: the feature-selection prompt and the parsing of its answer (recognise, shuffle, fill at random,
-bound features), query-specific principles (prompt, JSON schema, parsing with fallback to the library),
-the contrastive system messages p+ / p-, cleaning an answer (an echoed label such as "Engaging
-response:") and the filter that drops a query whose three answers do not make a usable pair.
+Owns: the feature-selection prompt and what is made of its answer (a calibrated ranking of the library's
+features, or the reference's sampled list: recognise, shuffle, fill at random; bound features by chance),
+query-specific principles (prompt, JSON schema, parsing with fallback to the library), the contrastive
+system messages p+ / p-, removing an echoed steering label ("Engaging response:") and the filter that
+drops a query whose three answers do not make a usable pair.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ssogen.errors import UsageError
 from ssogen.library import Feature, Templates
 
 ROLES = ("chosen", "rejected", "original")
+STEERED = ("chosen", "rejected")  # the roles whose prompts carry a steering message
 SIDES = {"chosen": "positive", "rejected": "negative"}
 
 
@@ -29,39 +34,81 @@ class Principles:
     source: str  # "library" or "generated"
 
 
-def derive_seed(run_seed: int, prompt_id: str, purpose: str) -> int:
-    """A request seed that depends only on the run seed, the query and what the request is for."""
-    digest = hashlib.sha256(f"{run_seed}:{prompt_id}:{purpose}".encode()).digest()
+def derive_seed(run_seed: int, round: int, prompt_id: str, purpose: str) -> int:
+    """A request seed from the run seed, the round, the query and what the request is for.
+
+    The round is part of it so that rounds run with one `--seed` over the same queries draw new features
+    and new samples, as the method's iterations expect.
+    """
+    digest = hashlib.sha256(f"{run_seed}:{round}:{prompt_id}:{purpose}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def query_rng(run_seed: int, prompt_id: str) -> random.Random:
+def query_rng(run_seed: int, round: int, prompt_id: str) -> random.Random:
     """Per-query random generator: a query's choices do not depend on the other queries."""
-    return random.Random(derive_seed(run_seed, prompt_id, "features"))
+    return random.Random(derive_seed(run_seed, round, prompt_id, "features"))
 
 
 def selectable(library: list[Feature]) -> list[Feature]:
     return [f for f in library if f.bound_probability == 0]
 
 
-def selection_prompt(templates: Templates, library: list[Feature], query: str, k: int) -> tuple[str, str]:
+def selection_prompt(
+    templates: Templates, library: list[Feature], query: str, k: int, mode: str = "ranked"
+) -> tuple[str, str]:
     """The feature-selection user turn, and the start of the answer the policy continues from.
 
     The template sets ``answer_prefix`` (e.g. "Most relevant:", as in its examples): the policy then
-    continues the examples' pattern instead of starting an answer of its own.
+    continues the examples' pattern instead of starting an answer of its own. ``mode`` lets the template
+    ask for the k most relevant names (ranked) or for several (sampled, the reference's way).
     """
-    module = templates.render_module("select_features.j2", features=selectable(library), k=k, query=query)
+    module = templates.render_module("select_features.j2", features=selectable(library), k=k, query=query, mode=mode)
     return str(module).strip(), str(getattr(module, "answer_prefix", ""))
 
 
-def selection_pattern(library: list[Feature], k: int) -> str:
-    """The regular expression a selection answer is held to: k selectable feature names, comma-separated.
+def name_token_ids(library: list[Feature], encode: Callable[[str], list[int]], answer_prefix: str) -> tuple[int, ...]:
+    """The first token of each selectable feature's name as the answer would continue after the prefix.
 
-    Structured output keeps the answer to names the parser recognises, and ends it after the k-th, so
-    selection costs a few decoding steps instead of up to ``--selection-max-tokens`` of free text.
+    Ranking reads these tokens' log-probabilities at the answer's first position, so each feature needs a
+    first token of its own; a library whose names share one is refused with the way out.
     """
-    names = "|".join(re.escape(f.name) for f in selectable(library))
-    return rf" ?({names})(, ({names})){{{k - 1}}}"
+    # The name follows the prefix after a space ("Most relevant: Safety"), unless the prefix ends in one.
+    lead = "" if not answer_prefix or answer_prefix[-1].isspace() else " "
+    firsts: dict[int, str] = {}
+    for feature in selectable(library):
+        ids = encode(lead + feature.name)
+        if not ids:
+            raise ValueError(f"feature name {feature.name!r} encodes to no tokens")
+        other = firsts.setdefault(ids[0], feature.name)
+        if other != feature.name:
+            raise UsageError(
+                f"--feature-selection ranked: the features {other} and {feature.name} start with the same token "
+                f"for this model, so a ranking by first token cannot tell them apart; rename one of them in the "
+                f"principle library, or use --feature-selection sampled."
+            )
+    return tuple(firsts)
+
+
+def rank_features(
+    library: list[Feature], scores: Sequence[float], calibration: Sequence[float] | None = None
+) -> list[str]:
+    """Selectable feature names, most relevant first: the policy's log-probability of each name, calibrated.
+
+    Small models give most of their mass to the names of the first few-shot example whatever the query; the
+    mean score of each name over a fixed set of reference queries measures that prior, and subtracting it
+    leaves what the query itself adds ("contextual calibration"). Ties keep the library's order.
+    """
+    names = [f.name for f in selectable(library)]
+    adjusted = [s - (calibration[i] if calibration is not None else 0.0) for i, s in enumerate(scores)]
+    order = sorted(range(len(names)), key=lambda i: (-adjusted[i], i))
+    return [names[i] for i in order]
+
+
+def mean_scores(rows: Sequence[Sequence[float]]) -> list[float]:
+    """The per-feature mean of the calibration queries' scores."""
+    if not rows:
+        return []
+    return [math.fsum(row[i] for row in rows) / len(rows) for i in range(len(rows[0]))]
 
 
 def parse_features(answer: str, library: list[Feature]) -> list[str]:
@@ -79,11 +126,15 @@ def parse_features(answer: str, library: list[Feature]) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
-def choose_features(recognised: list[str], library: list[Feature], k: int, rng: random.Random) -> list[Feature]:
-    """Shuffle the recognised features, take k, fill with random ones, then add bound features by chance."""
+def choose_features(
+    candidates: list[str], library: list[Feature], k: int, rng: random.Random, *, shuffle: bool = True
+) -> list[Feature]:
+    """Take k of the candidates (shuffled first, as the reference does with a sampled list; in the given order
+    for a ranking), fill with random ones when there are fewer, then add bound features by chance."""
     by_name = {f.name: f for f in library}
-    picked = list(recognised)
-    rng.shuffle(picked)
+    picked = list(dict.fromkeys(candidates))  # each once
+    if shuffle:
+        rng.shuffle(picked)
     picked = picked[:k]
     rest = [f.name for f in selectable(library) if f.name not in picked]
     if len(picked) < k:
@@ -99,71 +150,76 @@ def library_principles(features: list[Feature]) -> list[Principles]:
     return [Principles(f.positive, f.negative, "library") for f in features]
 
 
-def principles_prompt(templates: Templates, features: list[Feature], query: str) -> str:
-    return templates.render("generate_principles.j2", features=features, query=query)
+def principles_prompt(templates: Templates, feature: Feature, query: str) -> str:
+    """The request for one feature's query-specific principles (one feature per answer, so that one answer
+    cut by the token limit sends only its own feature back to the library)."""
+    return templates.render("generate_principles.j2", feature=feature, query=query)
 
 
-def principles_schema(features: list[Feature]) -> dict:
-    """JSON schema the structured-output decoder enforces on a generated-principles answer."""
-    pair = {
-        "type": "object",
-        "properties": {"positive": {"type": "string"}, "negative": {"type": "string"}},
-        "required": ["positive", "negative"],
-    }
-    return {
-        "type": "object",
-        "properties": {f.name: pair for f in features},
-        "required": [f.name for f in features],
-    }
+PRINCIPLES_SCHEMA: dict = {
+    "type": "object",
+    "properties": {"positive": {"type": "string"}, "negative": {"type": "string"}},
+    "required": ["positive", "negative"],
+}
 
 
-def parse_principles(answer: str, features: list[Feature]) -> list[Principles]:
-    """Generated principles per feature; the library text for any feature the answer does not give cleanly."""
+def parse_principles(answer: str | None, feature: Feature) -> Principles:
+    """Generated principles for one feature; the library text when the answer does not give both cleanly."""
     try:
-        data = json.loads(answer)
+        data = json.loads(answer) if answer else None
     except (json.JSONDecodeError, TypeError):
         data = None
-    result = []
-    for feature, fallback in zip(features, library_principles(features), strict=True):
-        entry = data.get(feature.name) if isinstance(data, dict) else None
-        pos = entry.get("positive") if isinstance(entry, dict) else None
-        neg = entry.get("negative") if isinstance(entry, dict) else None
-        if isinstance(pos, str) and isinstance(neg, str) and pos.strip() and neg.strip():
-            result.append(Principles(pos.strip(), neg.strip(), "generated"))
-        else:
-            result.append(fallback)
-    return result
+    pos = data.get("positive") if isinstance(data, dict) else None
+    neg = data.get("negative") if isinstance(data, dict) else None
+    if isinstance(pos, str) and isinstance(neg, str) and pos.strip() and neg.strip():
+        return Principles(pos.strip(), neg.strip(), "generated")
+    return library_principles([feature])[0]
 
 
 def system_message(templates: Templates, features: list[Feature], principles: list[Principles], side: str) -> str:
     """The p+ (side="positive") or p- (side="negative") steering message."""
     adjectives = [f.good if side == "positive" else f.bad for f in features]
     texts = [p.positive if side == "positive" else p.negative for p in principles]
-    return templates.render("steering_system.j2", adjectives=adjectives, principles=texts, side=side)
+    guidelines = [{"feature": f.name, "text": text} for f, text in zip(features, texts, strict=True)]
+    return templates.render(
+        "steering_system.j2", adjectives=adjectives, principles=texts, guidelines=guidelines, side=side
+    )
 
 
-# "Engaging response:", "**Safe and helpful answer:**", "## Response:" ... at the very start of an answer.
-_LABEL = re.compile(
-    r"^\s*(?:#+\s*)?[*_]{0,2}\s*(?:[\w'-]+(?:,\s*|\s+and\s+|\s+)){0,6}?(?:response|answer|reply)\s*[*_]{0,2}\s*:"
-    r"\s*[*_]{0,2}[ \t]*\n?",
-    re.IGNORECASE,
-)
+def label_pattern(library: list[Feature]) -> re.Pattern[str]:
+    """A steering label the policy may echo at the very start of an answer: "Engaging response:",
+    "**Safe and Helpful Response:**", "Response:". Only the library's adjectives may precede the word, so an
+    ordinary opening ("Answer: 42", "Final answer:", "Correct answer: (B)") is never taken for one."""
+    adjectives = sorted({a for f in library for a in (f.good, f.bad)}, key=len, reverse=True)
+    words = "|".join(re.escape(a) for a in adjectives)
+    return re.compile(
+        rf"^\s*(?:#+\s*)?[*_]{{0,2}}\s*(?:(?:{words})(?:,\s*|\s+and\s+|\s+))*(?:response|reply)\s*[*_]{{0,2}}\s*:"
+        r"\s*[*_]{0,2}[ \t]*\n?",
+        re.IGNORECASE,
+    )
 
 
-def strip_label(text: str) -> str:
-    """Remove a leading label the model echoes from its steering (e.g. "Engaging response:")."""
-    return _LABEL.sub("", text, count=1).strip()
+def strip_label(text: str, pattern: re.Pattern[str]) -> str:
+    """Remove a leading steering label (see `label_pattern`) and the surrounding whitespace."""
+    return pattern.sub("", text, count=1).strip()
 
 
-def drop_reason(chosen: str, rejected: str, original: str) -> str | None:
-    """Why a query's cleaned answers cannot make SSO pairs, or None to keep it."""
-    for role, text in zip(ROLES, (chosen, rejected, original), strict=True):
-        if not text.strip():
+def drop_reason(texts: Mapping[str, str], degenerate: Mapping[str, bool]) -> str | None:
+    """Why a query's cleaned answers cannot make SSO pairs, or None to keep it.
+
+    y+ is the chosen side of the main pair and y° of the second steering pair, so neither may be a loop; a
+    looping y- is a real failure of the policy under p-, kept (and flagged) as the rejected side.
+    """
+    for role in ROLES:
+        if not texts[role].strip():
             return f"empty_{role}"
-    if chosen == rejected:
+    for role in ("chosen", "original"):
+        if degenerate[role]:
+            return f"degenerate_{role}"
+    if texts["chosen"] == texts["rejected"]:
         return "chosen_equals_rejected"
-    if rejected == original:
+    if texts["rejected"] == texts["original"]:
         return "rejected_equals_original"
-    if chosen == original:
+    if texts["chosen"] == texts["original"]:
         return "chosen_equals_original"
     return None

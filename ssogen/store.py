@@ -36,6 +36,7 @@ RECORD_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
         ("prompt", pa.string()),
+        ("system", pa.string()),  # the query's own system turn ("" when it had none)
         ("context", pa.list_(_MESSAGE)),
         ("features", pa.list_(pa.string())),
         ("principle_source", pa.string()),

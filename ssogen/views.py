@@ -41,6 +41,7 @@ REFERENCE_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
         ("instruction", pa.string()),
+        ("history", pa.list_(pa.list_(pa.string()))),
         ("system", pa.string()),
         ("p_system", pa.string()),
         ("n_system", pa.string()),
@@ -56,15 +57,29 @@ def _turns(row: Row) -> list[Row]:
     return [*map(dict, row["context"] or []), {"role": "user", "content": row["prompt"]}]
 
 
+def _prompt(row: Row, steering: str | None) -> list[Row]:
+    """The conversation an answer was generated under: the steering message (if any) and the query's own
+    system turn first, as a system turn, or merged into the first user turn when the model's template had
+    no system role (`steering_in_user`), exactly as generation did (`ssogen.chat.ChatFormat.with_system`)."""
+    system = "\n\n".join(part for part in (steering, row.get("system")) if part)
+    turns = _turns(row)
+    if not system:
+        return turns
+    if not row.get("steering_in_user"):
+        return [{"role": "system", "content": system}, *turns]
+    first_user = next(i for i, m in enumerate(turns) if m["role"] == "user")
+    turns[first_user] = {"role": "user", "content": f"{system}\n\n{turns[first_user]['content']}"}
+    return turns
+
+
 def _assistant(text: str) -> list[Row]:
     return [{"role": "assistant", "content": text}]
 
 
-def _pair(row: Row, system: str | None, chosen: str, rejected: str) -> Row:
-    prompt = ([{"role": "system", "content": system}] if system else []) + _turns(row)
+def _pair(row: Row, steering: str | None, chosen: str, rejected: str) -> Row:
     return {
         "prompt_id": row["prompt_id"],
-        "prompt": prompt,
+        "prompt": _prompt(row, steering),
         "chosen": _assistant(row[chosen]),
         "rejected": _assistant(row[rejected]),
         "weight": row["weight"],
@@ -87,18 +102,28 @@ def steer_neg_row(row: Row) -> Row:
 def reward_row(row: Row) -> Row:
     return {
         "prompt_id": row["prompt_id"],
-        "chosen": _turns(row) + _assistant(row["chosen"]),
-        "rejected": _turns(row) + _assistant(row["rejected"]),
+        "chosen": _prompt(row, None) + _assistant(row["chosen"]),
+        "rejected": _prompt(row, None) + _assistant(row["rejected"]),
         "weight": row["weight"],
     }
 
 
+def _history(context: list[Row]) -> list[list[str]]:
+    """Earlier turns as the authors' trainer reads them: [user, assistant] pairs."""
+    turns = [m for m in context if m["role"] in ("user", "assistant")]
+    return [
+        [turns[i]["content"], turns[i + 1]["content"]]
+        for i in range(0, len(turns) - 1, 2)
+        if turns[i]["role"] == "user" and turns[i + 1]["role"] == "assistant"
+    ]
+
+
 def reference_row(row: Row) -> Row:
-    history = "".join(f"{m['role']}: {m['content']}\n\n" for m in row["context"] or [])
     return {
         "prompt_id": row["prompt_id"],
-        "instruction": history + row["prompt"],
-        "system": "",
+        "instruction": row["prompt"],
+        "history": _history(list(row["context"] or [])),
+        "system": row.get("system") or "",
         "p_system": row["system_pos"],
         "n_system": row["system_neg"],
         "chosen": row["chosen"],
@@ -121,7 +146,8 @@ VIEWS: dict[str, tuple[Callable[[Row], Row] | None, pa.Schema]] = {
 
 def split_of(prompt_id: str, seed: int, test_size: float) -> str:
     """'test' for a seeded fraction of queries, decided per query (stable across resumes, shards and merges)."""
-    draw = derive_seed(seed, prompt_id, "split") / 0x7FFFFFFF
+    # Not tied to the round: the same queries are held out in every round of a run.
+    draw = derive_seed(seed, 0, prompt_id, "split") / 0x7FFFFFFF
     return "test" if draw < test_size else "train"
 
 
@@ -149,22 +175,30 @@ def build_views(records: pa.Table, dropped: pa.Table, seed: int, test_size: floa
     return views
 
 
-def llamafactory_dataset_info(name: str = "ssogen_sso") -> dict[str, Any]:
-    """A LLaMA-Factory ``dataset_info.json`` entry for the sso_reference config (ranking data, alpaca layout)."""
-    return {
-        name: {
-            "file_name": "data/sso_reference/train-00000-of-00001.parquet",
-            "formatting": "alpaca",
-            "ranking": True,
-            "columns": {
-                "prompt": "instruction",
-                "system": "system",
-                "chosen": "chosen",
-                "rejected": "rejected",
-                # Read by the SSO authors' trainer for the steering losses; ignored by stock LLaMA-Factory.
-                "p_system": "p_system",
-                "n_system": "n_system",
-                "raw": "raw",
-            },
-        }
+def llamafactory_dataset_info(files: dict[str, list[str]], name: str = "ssogen_sso") -> dict[str, Any]:
+    """The SSO authors' LLaMA-Factory fork's ``dataset_info.json`` entries for the sso_reference config.
+
+    Their loader reads the steering columns (p_system, n_system, raw) only for ``"formatting": "sso"``
+    (``parser.py``, ``aligner.py::convert_sso``), and earlier turns from ``history`` as [user, assistant]
+    pairs. ``files``: each split's files, relative to the folder; one entry per split (``<name>_<split>``,
+    the train split also as ``<name>``). A split written as several files is named by its folder's pattern
+    (``data_files``-style glob), which LLaMA-Factory reads as one local dataset.
+    """
+    columns = {
+        "prompt": "instruction",
+        "history": "history",
+        "system": "system",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "raw": "raw",
+        "p_system": "p_system",
+        "n_system": "n_system",
     }
+    entries: dict[str, Any] = {}
+    for split, paths in files.items():
+        for k, path in enumerate(paths):
+            key = f"{name}_{split}" if len(paths) == 1 else f"{name}_{split}_{k}"
+            entries[key] = {"file_name": path, "formatting": "sso", "ranking": True, "columns": columns}
+    if f"{name}_train" in entries:
+        entries = {name: entries[f"{name}_train"], **entries}
+    return entries

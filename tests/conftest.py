@@ -45,8 +45,12 @@ def tokenizer(bundled_model):
     return AutoTokenizer.from_pretrained(bundled_model.path)
 
 
-# The settings of the shared build (tests/test_resume.py re-runs them after a kill).
-BUILT_ARGS = ("--limit", "9", "--max-new-tokens", "96", "--chunk-size", "3", "--test-size", "0.25", "--enforce-eager")
+# The settings of the shared build (tests/test_resume.py re-runs them after a kill and compares to the bit,
+# so it runs in held batches; the continuous flow has its own tests in tests/test_flow.py).
+BUILT_ARGS = (
+    "--limit", "9", "--max-new-tokens", "96", "--chunk-size", "3", "--test-size", "0.25", "--enforce-eager",
+    "--reproducible",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +106,7 @@ def make_record(i: int, **changes: object) -> dict:
     row = {
         "prompt_id": f"{i:016x}",
         "prompt": f"question {i}",
+        "system": "",
         "context": [],
         "features": ["Safety", "Accuracy"],
         "principle_source": "library",

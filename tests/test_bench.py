@@ -11,62 +11,54 @@ from ssogen.bench import BenchResult, Measurement, bench_line, ratios
 from tests.conftest import run_cli
 
 
-def test_ratios_from_known_timings():
+def test_ratios_from_known_throughputs_and_step_counts():
     values = ratios(
         ssogen_tps=90.0,
         raw_tps=100.0,
         reference_tps=50.0,
-        scoring_seconds=3.0,
-        generation_seconds=30.0,
-        non_engine_seconds=2.0,
-        ssogen_wall=40.0,
-        serial_tps=80.0,
+        ssogen_steps=330,
+        raw_steps=300,
+        ssogen_sequences_per_step=180.0,
+        raw_sequences_per_step=200.0,
     )
     assert values == pytest.approx(
-        {
-            "vs_raw": 0.9,
-            "vs_reference": 1.8,
-            "raw_vs_reference": 2.0,
-            "scoring_share": 0.1,
-            "non_engine_share": 0.05,
-            "serial_vs_raw": 0.8,
-            "overlap_gain": 90.0 / 80.0,
-        }
+        {"vs_raw": 0.9, "vs_reference": 1.8, "raw_vs_reference": 2.0, "steps_vs_raw": 1.1, "occupancy": 0.9}
     )
 
 
-def test_measurement_throughput_and_non_engine_time():
-    m = Measurement("ssogen", wall_seconds=10.0, answer_tokens=500, generate_seconds=7.0, score_seconds=1.5)
+def test_measurement_throughput_and_sequences_per_step():
+    m = Measurement("ssogen", wall_seconds=10.0, answer_tokens=500, steps=40, step_sequences=1000)
     assert m.tokens_per_second == 50.0
-    assert m.non_engine_seconds == pytest.approx(1.5)
+    assert m.sequences_per_step == 25.0
+    assert Measurement("raw", 1.0, 0).sequences_per_step == 0.0  # no step: no division by zero
 
 
 def test_medians_over_repeats_feed_the_ratios():
     result = BenchResult(
         runs={
             "ssogen": [
-                Measurement("ssogen", w, 100, generate_seconds=w / 2, score_seconds=1.0) for w in (1.0, 2.0, 4.0)
+                Measurement("ssogen", w, 100, steps=s, step_sequences=s * 10) for w, s in ((1, 50), (2, 60), (4, 99))
             ],
-            "raw": [Measurement("raw", w, 100, generate_seconds=w) for w in (1.0, 1.0, 9.0)],
+            "raw": [Measurement("raw", w, 100, steps=s, step_sequences=s * 20) for w, s in ((1, 30), (1, 40), (9, 41))],
             "reference": [Measurement("reference", w, 100) for w in (2.0, 4.0, 5.0)],
-            "serial": [Measurement("serial", w, 100) for w in (2.5, 2.5, 3.0)],
         }
     )
     values = result.ratios()
     assert values["vs_raw"] == pytest.approx(50.0 / 100.0)  # medians: ssogen 50 tok/s, raw 100 tok/s
     assert values["vs_reference"] == pytest.approx(50.0 / 25.0)
-    assert values["scoring_share"] == pytest.approx(1.0 / 1.0)
-    assert values["serial_vs_raw"] == pytest.approx(40.0 / 100.0)  # serial median 2.5 s for 100 tokens
-    assert values["overlap_gain"] == pytest.approx(2.5 / 2.0)  # serial wall over ssogen wall
+    assert values["steps_vs_raw"] == pytest.approx(60 / 40)
+    assert values["occupancy"] == pytest.approx(10 / 20)
 
 
-def test_bench_without_a_serial_run_reports_nan_for_its_ratios():
-    result = BenchResult(
-        runs={name: [Measurement(name, 1.0, 100, generate_seconds=1.0)] for name in ("ssogen", "raw", "reference")}
-    )
-    values = result.ratios()
-    assert values["vs_raw"] == pytest.approx(1.0)
-    assert values["serial_vs_raw"] != values["serial_vs_raw"]  # nan
+def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
+    from ssogen.bench import replay
+    from ssogen.engine import Completion, Repetition, Request
+
+    request = Request([1, 2, 3], 7, 256, stop=("###",), logprobs=True, repetition=Repetition(1, 32, 8))
+    replayed = replay(request, Completion("abc", [5, 6, 7, 8], "stop"))
+    assert (replayed.max_tokens, replayed.ignore_eos, replayed.logprobs) == (4, True, False)
+    assert replayed.stop == () and replayed.repetition is None
+    assert (replayed.prompt_ids, replayed.seed, replayed.temperature) == ([1, 2, 3], 7, request.temperature)
 
 
 def test_bench_line_starts_with_the_headline_ratios():
@@ -76,18 +68,20 @@ def test_bench_line_starts_with_the_headline_ratios():
 
 def test_tiny_bench_run_prints_a_parseable_bench_line(shared_data):
     result = run_cli(
-        "bench", "--queries", str(shared_data / "seed_tasks.jsonl"), "--limit", "2", "--max-new-tokens", "8",
-        "--enforce-eager", "--max-model-len", "2048",
+        "bench", "--queries", str(shared_data / "seed_tasks.jsonl"), "--limit", "4", "--max-new-tokens", "8",
+        "--chunk-size", "2", "--enforce-eager", "--max-model-len", "2048",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("bench: ")
     pairs = dict(item.split("=", 1) for item in last.removeprefix("bench: ").split())
-    for key in ("vs_raw", "vs_reference", "raw_vs_reference", "scoring_share", "serial_vs_raw", "overlap_gain"):
+    for key in ("vs_raw", "vs_reference", "raw_vs_reference", "steps_vs_raw", "occupancy"):
         assert float(pairs[key]) > 0, (key, last)
-    stage_lines = [line for line in result.stdout.splitlines() if "stages:" in line]
-    assert stage_lines and all(f"{stage} " in stage_lines[0] for stage in ("select", "sample", "score"))
-    assert pairs["queries"] == "2"
+    # raw replays the same answers as one call: at least one step per token of the longest answer, and ssogen's
+    # steps include its selection and scoring.
+    assert float(pairs["steps_vs_raw"]) >= 1.0
+    assert (pairs["queries"], pairs["chunk_size"], pairs["mode"]) == ("4", "2", "continuous")
+    assert "WARNING" not in result.stderr  # vLLM's own output went to the bench's engine log
 
 
 def test_dry_run_renders_every_prompt_without_an_engine_and_writes_nothing(tmp_path):

@@ -16,9 +16,19 @@ from ssogen.store import RECORD_SCHEMA
 
 def small_plan(queries, tmp_path, **settings):
     """A plan over `queries` with a 2048-token context, writing under `tmp_path` (nothing is written here)."""
-    from ssogen.pipeline import plan_build
+    from ssogen.plan import plan_build
 
     return plan_build(BuildConfig(queries=str(queries), max_model_len=2048, output=tmp_path / "o", **settings))
+
+
+def run_rows(engine, plan, reproducible=True):
+    """Every query of the plan through the flow on the shared engine: one row each, in input order."""
+    from ssogen.flow import flow_chunks, prepare
+
+    queries = plan.queries.queries
+    chunks = flow_chunks(engine, prepare(engine, plan), queries, chunk_size=len(queries), reproducible=reproducible)
+    rows = {row["prompt_id"]: row for chunk in chunks for row in chunk}
+    return [rows[q.prompt_id] for q in queries]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +64,8 @@ def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
         "chosen_equals_original",
         "prompt_too_long",
         "empty_query",
+        "degenerate_chosen",
+        "degenerate_original",
     }
 
 
@@ -68,10 +80,13 @@ def test_kept_records_are_complete_and_consistent(built):
             assert row[role].strip()
             assert math.isfinite(row[f"logp_{role}"]) and row[f"logp_{role}"] <= 0.0
             assert 0 < row[f"tokens_{role}"] <= 96 + 1  # the sampled tokens (+ end of turn), at most the limit
-            assert row[f"finish_{role}"] in {"stop", "length"}
+            assert row[f"finish_{role}"] in {"stop", "length", "repetition"}
+            if row[f"finish_{role}"] == "repetition":
+                assert row[f"degenerate_{role}"]
         assert len({row["chosen"], row["rejected"], row["original"]}) == 3
         assert row["weight"] == pytest.approx(weight(row["logp_chosen"], row["logp_rejected"], row["alpha"]))
-        assert row["alpha"] == 0.5 and row["round"] == 0
+        assert not row["degenerate_chosen"] and not row["degenerate_original"]  # never the chosen side of a pair
+        assert row["alpha"] == 0.66 and row["round"] == 0
         assert 2 <= len(row["features"]) <= 3 and set(row["features"]) <= library
         assert row["system_pos"].startswith("Your response should be")
         assert row["truncated"] == any(row[f"finish_{r}"] == "length" for r in ("chosen", "rejected", "original"))
@@ -87,13 +102,11 @@ def test_settings_are_recorded_with_the_data(built):
     assert settings["run"]["principles_hash"] and settings["run"]["prompts_hash"]
 
 
-def test_same_seed_gives_the_same_records(engine, shared_data, tmp_path):
-    """Two runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
-    from ssogen.chunk import run_chunk
-
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=3, max_new_tokens=48)
-    first = run_chunk(engine, plan, plan.queries.queries)
-    second = run_chunk(engine, plan, plan.queries.queries)
+def test_same_seed_gives_the_same_records_in_reproducible_mode(engine, shared_data, tmp_path):
+    """Two held-batch runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=3, max_new_tokens=48, reproducible=True)
+    first = run_rows(engine, plan)
+    second = run_rows(engine, plan)
     assert first == second
 
 
@@ -113,21 +126,17 @@ def test_seeded_requests_survive_long_prompts_on_cpu(engine, tokenizer):
 
 
 def test_a_query_too_long_for_the_context_is_dropped_with_its_reason(engine, tmp_path):
-    from ssogen.chunk import run_chunk
-
     path = tmp_path / "q.jsonl"
     long_query = "please summarise: " + "lorem ipsum " * 1200
     path.write_text(json.dumps({"prompt": long_query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
     plan = small_plan(path, tmp_path, max_new_tokens=32)
-    rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
+    rows = {r["prompt"]: r for r in run_rows(engine, plan, reproducible=False)}
     assert rows[long_query.strip()]["drop_reason"] == "prompt_too_long"
     assert rows["Say hi."]["drop_reason"] != "prompt_too_long"
 
 
 def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_reason(engine, tmp_path):
     """x fits the context with room for an answer, but x+ (x plus the steering message) does not."""
-    from ssogen.chunk import run_chunk
-
     path = tmp_path / "q.jsonl"
     query = "please summarise: " + "lorem ipsum " * 100
     path.write_text(json.dumps({"prompt": query}) + "\n" + json.dumps({"prompt": "Say hi."}) + "\n")
@@ -135,26 +144,29 @@ def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_re
     x = len(probe.chat.prompt_ids(probe.queries.queries[0].messages()))
     # Room for prompts = 2048 - max_new_tokens: just enough for x, far too little for x plus p+ or p-.
     plan = small_plan(path, tmp_path, max_new_tokens=2048 - x - 5)
-    rows = {r["prompt"]: r for r in run_chunk(engine, plan, plan.queries.queries)}
+    rows = {r["prompt"]: r for r in run_rows(engine, plan, reproducible=False)}
     assert rows[query.strip()]["drop_reason"] == "prompt_too_long"
     assert rows["Say hi."]["drop_reason"] is None or rows["Say hi."]["drop_reason"] != "prompt_too_long"
 
 
-def test_feature_selection_answers_are_held_to_k_library_names(engine, shared_data, tmp_path):
-    from ssogen.chunk import selection_request
-    from ssogen.steer import parse_features
+def test_sampled_feature_selection_asks_for_a_list_and_keeps_k_library_names(engine, shared_data, tmp_path):
+    from ssogen.flow import prepare
+    from ssogen.stages import selection_request
 
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=32)
-    answers = engine.generate([selection_request(plan, q) for q in plan.queries.queries])
-    for answer in answers:
-        names = [name.strip() for name in answer.text.split(",")]
-        assert len(names) == 2 and all(parse_features(name, plan.library) == [name] for name in names), answer.text
-        assert len(answer.token_ids) <= 8  # a few names, not a free-text ramble up to --selection-max-tokens
+    plan = small_plan(
+        shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=32, feature_selection="sampled"
+    )
+    setup = prepare(engine, plan)
+    requests = [selection_request(setup, q) for q in plan.queries.queries]
+    assert all(r.temperature == 0.7 and r.top_p == 0.8 and "###" in r.stop for r in requests)
+    rows = run_rows(engine, plan, reproducible=False)
+    library = {f.name for f in plan.library if f.bound_probability == 0}
+    for row in rows:
+        chosen = [name for name in row["features"] if name in library]
+        assert len(chosen) == 2 and len(set(chosen)) == 2
 
 
 def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engine, shared_data, tmp_path):
-    from ssogen.chunk import run_chunk
-
     plan = small_plan(
         shared_data / "seed_tasks.jsonl",
         tmp_path,
@@ -163,7 +175,7 @@ def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engi
         principle_max_tokens=160,
         generate_principles=True,
     )
-    rows = run_chunk(engine, plan, plan.queries.queries)
+    rows = run_rows(engine, plan, reproducible=False)
     library_text = {f.positive for f in plan.library}
     sources = {r.get("principle_source") for r in rows if r["drop_reason"] is None}
     assert "generated" in sources and sources <= {"generated", "library", "mixed"}

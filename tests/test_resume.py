@@ -138,7 +138,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_changed(built_folder
         "--seed", "5", "--alpha", "0.3", "--output", str(built_folder),
     )  # fmt: skip
     assert result.returncode == 2
-    assert "seed: 0 -> 5" in result.stderr and "alpha: 0.5 -> 0.3" in result.stderr
+    assert "seed: 0 -> 5" in result.stderr and "alpha: 0.66 -> 0.3" in result.stderr
     assert "--overwrite" in result.stderr
     assert {p: p.stat().st_mtime for p in built_folder.rglob("*")} == before
 

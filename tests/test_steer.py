@@ -12,11 +12,14 @@ from ssogen.steer import (
     choose_features,
     derive_seed,
     drop_reason,
+    label_pattern,
+    library_principles,
+    mean_scores,
+    name_token_ids,
     parse_features,
     parse_principles,
-    principles_schema,
     query_rng,
-    selection_pattern,
+    rank_features,
     selection_prompt,
     strip_label,
     system_message,
@@ -88,27 +91,102 @@ def test_concision_is_appended_with_its_bound_probability(library):
     assert 0.17 < hits / trials < 0.23
 
 
-def test_query_rng_and_seeds_depend_only_on_run_seed_query_and_purpose():
-    assert derive_seed(0, "abc", "chosen") == derive_seed(0, "abc", "chosen")
-    assert derive_seed(0, "abc", "chosen") != derive_seed(0, "abc", "rejected")
-    assert derive_seed(0, "abc", "chosen") != derive_seed(1, "abc", "chosen")
-    assert query_rng(3, "q").random() == query_rng(3, "q").random()
+def test_choose_features_keeps_a_ranking_in_order_and_draws_bound_features_the_same_way(library):
+    ranked = ["Literariness", "Engagement", "Safety"]
+    for seed in range(20):
+        picked = [f.name for f in choose_features(ranked, library, 2, random.Random(seed), shuffle=False)]
+        assert picked[:2] == ["Literariness", "Engagement"] and set(picked[2:]) <= {"Concision"}
 
 
-def test_system_messages_list_adjectives_and_principles_of_each_side(library, templates):
+def test_seeds_depend_on_run_seed_round_query_and_purpose():
+    assert derive_seed(0, 0, "abc", "chosen") == derive_seed(0, 0, "abc", "chosen")
+    assert derive_seed(0, 0, "abc", "chosen") != derive_seed(0, 0, "abc", "rejected")
+    assert derive_seed(0, 0, "abc", "chosen") != derive_seed(1, 0, "abc", "chosen")
+    assert derive_seed(0, 0, "abc", "chosen") != derive_seed(0, 1, "abc", "chosen")
+    assert query_rng(3, 0, "q").random() == query_rng(3, 0, "q").random()
+
+
+def test_two_rounds_with_one_seed_draw_different_features_and_samples(library):
+    """Round r+1 over the same queries must not replay round r's feature draws and sampling streams."""
+    ids = [f"{i:016x}" for i in range(50)]
+    draws = {
+        r: [tuple(f.name for f in choose_features([], library, 2, query_rng(0, r, pid))) for pid in ids] for r in (0, 1)
+    }
+    assert sum(a != b for a, b in zip(draws[0], draws[1], strict=True)) > 25
+    assert all(derive_seed(0, 0, pid, "chosen") != derive_seed(0, 1, pid, "chosen") for pid in ids)
+    concision = {r: {pid for pid, d in zip(ids, draws[r], strict=True) if "Concision" in d} for r in (0, 1)}
+    assert concision[0] != concision[1]  # not the same fifth of the queries every round
+
+
+def test_the_sampled_mode_shuffles_the_recognised_list_and_keeps_k(library):
+    recognised = parse_features("Accuracy, Logicality, Comprehensiveness", library)
+    assert recognised == ["Accuracy", "Logicality", "Comprehensiveness"]
+    kept = {
+        tuple(f.name for f in choose_features(recognised, library, 2, random.Random(seed)) if f.bound_probability == 0)
+        for seed in range(40)
+    }
+    assert all(len(k) == 2 and set(k) <= set(recognised) for k in kept)
+    assert len(kept) >= 4  # shuffled: not always the first two
+
+
+def test_ranking_subtracts_the_calibration_so_a_name_the_model_always_prefers_does_not_win(library):
+    names = [f.name for f in library if f.bound_probability == 0]
+    scores = [-1.0] * len(names)
+    scores[names.index("Safety")] = -0.5  # the prior favourite, a bit higher here too
+    scores[names.index("Literariness")] = -3.0  # usually very unlikely, much less so here
+    calibration = [-1.2] * len(names)
+    calibration[names.index("Safety")] = -0.2
+    calibration[names.index("Literariness")] = -6.0
+    assert rank_features(library, scores)[0] == "Safety"
+    assert rank_features(library, scores, calibration)[0] == "Literariness"
+    assert mean_scores([[1.0, 2.0], [3.0, 6.0]]) == [2.0, 4.0]
+
+
+def test_ranking_needs_a_first_token_per_feature_name(library):
+    encode = {" Safety": [1], " Logicality": [2, 9], " Comprehensiveness": [3], " Helpfulness": [4, 9],
+              " Literariness": [5], " Accuracy": [6], " Engagement": [7]}.__getitem__  # fmt: skip
+    assert name_token_ids(library, encode, "Most relevant:") == (6, 3, 7, 4, 5, 2, 1)  # library (file) order
+    clash = lambda text: [9] if text in (" Safety", " Accuracy") else [hash(text) % 1000 + 10]  # noqa: E731
+    from ssogen.errors import UsageError
+
+    with pytest.raises(UsageError, match="Accuracy and Safety start with the same token"):
+        name_token_ids(library, clash, "Most relevant:")
+
+
+def test_system_messages_have_the_reference_shape(library, templates):
     by_name = {f.name: f for f in library}
-    features = [by_name["Safety"], by_name["Accuracy"], by_name["Engagement"]]
-    from ssogen.steer import library_principles
+    for names in (["Safety", "Accuracy"], ["Safety", "Accuracy", "Engagement"]):
+        features = [by_name[n] for n in names]
+        principles = library_principles(features)
+        for side in ("positive", "negative"):
+            message = system_message(templates, features, principles, side)
+            adjectives = [f.good if side == "positive" else f.bad for f in features]
+            joined = ", ".join(adjectives[:-1]) + " and " + adjectives[-1]
+            lines = message.split("\n")
+            assert lines[0] == f"Your response should be {joined}. Follow these detailed guidelines:"
+            # Each principle labelled with its feature's name, blank lines between, then the closing request.
+            blocks = message.split("\n\n")
+            assert len(blocks) == len(features) + 2
+            for block, feature in zip(blocks[1:-1], features, strict=True):
+                text = feature.positive if side == "positive" else feature.negative
+                assert block == f"{feature.name}: {text}"
+            assert blocks[-1].startswith("Do not tell the user")
+    safe = system_message(templates, [by_name["Safety"]], library_principles([by_name["Safety"]]), "negative")
+    assert safe.startswith("Your response should be Unsafe. Follow")
 
-    principles = library_principles(features)
-    positive = system_message(templates, features, principles, "positive")
-    negative = system_message(templates, features, principles, "negative")
-    assert positive.startswith("Your response should be safe, accurate and engaging.")
-    assert negative.startswith("Your response should be harmful, inaccurate and boring.")
-    for f in features:
-        assert f.positive in positive and f.negative not in positive
-        assert f.negative in negative and f.positive not in negative
-    assert "Do not tell the user" in positive and "Do not tell the user" in negative
+
+def test_the_library_uses_the_reference_adjective_pairs(library):
+    pairs = {f.name: (f.good, f.bad) for f in library}
+    assert pairs == {
+        "Safety": ("Safe", "Unsafe"),
+        "Logicality": ("Logical", "Illogical"),
+        "Comprehensiveness": ("Comprehensive", "Incomplete"),
+        "Helpfulness": ("Helpful", "Unhelpful"),
+        "Literariness": ("Literary", "Boring"),
+        "Accuracy": ("Accurate", "Inaccurate"),
+        "Engagement": ("Engaging", "Dull"),
+        "Concision": ("Concise", "Verbose"),
+    }
 
 
 def test_template_injection_in_a_query_stays_verbatim(library, templates):
@@ -137,59 +215,53 @@ def test_a_selection_template_without_an_answer_prefix_gets_none(library, tmp_pa
     assert (rendered, prefix) == ("Pick 2 of 7 for: Hi?", "")
 
 
-def test_the_selection_pattern_admits_exactly_k_feature_names(library):
-    import re
-
-    pattern = re.compile(selection_pattern(library, 2))
-    assert pattern.fullmatch(" Safety, Accuracy") and pattern.fullmatch("Literariness, Safety")
-    assert not pattern.fullmatch(" Safety")  # too few
-    assert not pattern.fullmatch(" Safety, Accuracy, Engagement")  # too many
-    assert not pattern.fullmatch(" Concision, Safety")  # a bound feature is never chosen
-    assert not pattern.fullmatch(" The most relevant feature is Safety")
-    assert re.compile(selection_pattern(library, 1)).fullmatch(" Engagement")
-
-
 def test_generated_principles_are_parsed_and_fall_back_to_the_library_per_feature(library):
     by_name = {f.name: f for f in library}
-    features = [by_name["Safety"], by_name["Accuracy"]]
-    answer = json.dumps(
-        {"Safety": {"positive": "Be careful.", "negative": "Be reckless."}, "Accuracy": {"positive": ""}}
-    )
-    parsed = parse_principles(answer, features)
-    assert (parsed[0].positive, parsed[0].negative, parsed[0].source) == ("Be careful.", "Be reckless.", "generated")
-    assert (parsed[1].positive, parsed[1].source) == (by_name["Accuracy"].positive, "library")
-    assert all(p.source == "library" for p in parse_principles("not json {", features))
-    schema = principles_schema(features)
-    assert schema["required"] == ["Safety", "Accuracy"]
+    parsed = parse_principles(json.dumps({"positive": "Be careful.", "negative": "Be reckless."}), by_name["Safety"])
+    assert (parsed.positive, parsed.negative, parsed.source) == ("Be careful.", "Be reckless.", "generated")
+    cut = parse_principles('{"positive": "Be thorough and', by_name["Accuracy"])  # an answer cut by its limit
+    assert (cut.positive, cut.source) == (by_name["Accuracy"].positive, "library")
+    assert parse_principles(json.dumps({"positive": ""}), by_name["Safety"]).source == "library"
+    assert parse_principles(None, by_name["Safety"]).source == "library"
 
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [
         ("Engaging response: Hello there.", "Hello there."),
-        ("**Safe and helpful answer:** Use gloves.", "Use gloves."),
+        ("**Safe and Helpful Response:** Use gloves.", "Use gloves."),
         ("## Response:\nStep one.", "Step one."),
         ("Accurate, concise response:\n\n42.", "42."),
-        ("The answer: is not a label here", "is not a label here"),
+        ("Dull and inaccurate reply: fine.", "fine."),
+        ("Answer: 42", "Answer: 42"),  # an ordinary opening, never a steering label
+        ("Final answer: 7", "Final answer: 7"),
+        ("Correct answer: (B) Paris", "Correct answer: (B) Paris"),
         ("My response depends on: context", "My response depends on: context"),
         ("No label at all.", "No label at all."),
     ],
 )
-def test_strip_label_removes_only_a_leading_echoed_label(raw, clean):
-    assert strip_label(raw) == clean
+def test_strip_label_removes_only_a_leading_steering_label(library, raw, clean):
+    assert strip_label(raw, label_pattern(library)) == clean
+
+
+NO_LOOPS = {"chosen": False, "rejected": False, "original": False}
 
 
 @pytest.mark.parametrize(
-    ("answers", "reason"),
+    ("answers", "loops", "reason"),
     [
-        (("a", "b", "c"), None),
-        (("", "b", "c"), "empty_chosen"),
-        (("a", "  ", "c"), "empty_rejected"),
-        (("a", "b", ""), "empty_original"),
-        (("a", "a", "c"), "chosen_equals_rejected"),
-        (("a", "b", "b"), "rejected_equals_original"),
-        (("a", "b", "a"), "chosen_equals_original"),
+        (("a", "b", "c"), {}, None),
+        (("", "b", "c"), {}, "empty_chosen"),
+        (("a", "  ", "c"), {}, "empty_rejected"),
+        (("a", "b", ""), {}, "empty_original"),
+        (("a", "a", "c"), {}, "chosen_equals_rejected"),
+        (("a", "b", "b"), {}, "rejected_equals_original"),
+        (("a", "b", "a"), {}, "chosen_equals_original"),
+        (("a", "b", "c"), {"chosen": True}, "degenerate_chosen"),
+        (("a", "b", "c"), {"original": True}, "degenerate_original"),
+        (("a", "b", "c"), {"rejected": True}, None),  # a looping y- is kept (and flagged): the policy's failure
     ],
 )
-def test_drop_reason_for_each_filter(answers, reason):
-    assert drop_reason(*answers) == reason
+def test_drop_reason_for_each_filter_and_the_row_policy_on_loops(answers, loops, reason):
+    texts = dict(zip(("chosen", "rejected", "original"), answers, strict=True))
+    assert drop_reason(texts, NO_LOOPS | loops) == reason

@@ -1,0 +1,126 @@
+"""The continuous flow: the engine kept full across chunks, every query exactly once, engine steps counted."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pandas as pd
+
+from ssogen.config import BuildConfig
+from ssogen.engine import Request
+from ssogen.flow import SEQUENCES_PER_QUERY, SLOT_MARGIN, FlowService, admission_window, flow_chunks, prepare
+from ssogen.store import CHUNKS_DIR
+from tests.conftest import REPO, run_cli
+
+FLOW_ARGS = ("--limit", "12", "--max-new-tokens", "48", "--chunk-size", "3", "--enforce-eager")
+
+
+def small_plan(queries, tmp_path, **settings):
+    from ssogen.plan import plan_build
+
+    return plan_build(BuildConfig(queries=str(queries), max_model_len=2048, output=tmp_path / "o", **settings))
+
+
+def test_the_admission_window_keeps_about_two_steps_of_sequences_in_flight():
+    assert SLOT_MARGIN == 2.0 and SEQUENCES_PER_QUERY == 3
+    assert admission_window(SimpleNamespace(max_num_seqs=256)) == math.ceil(2 * 256 / 3) == 171
+    assert admission_window(SimpleNamespace(max_num_seqs=1)) == 1
+
+
+def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs(engine, tokenizer):
+    from ssogen.chat import ChatFormat
+
+    chat = ChatFormat(tokenizer)
+    requests = [
+        Request(chat.prompt_ids([{"role": "user", "content": f"Count to {i}."}]), seed=i, max_tokens=7, ignore_eos=True)
+        for i in range(5)
+    ]
+    steps, sequences = engine.stats.steps, engine.stats.step_sequences
+    done = engine.generate(requests)
+    assert [len(c.token_ids) for c in done] == [7] * 5
+    # Every token of every sequence was produced in some step: the per-step counts add up to all the tokens.
+    assert engine.stats.step_sequences - sequences == 35
+    # Released together, the five sequences decode side by side: 7 steps (one more if the prefill was split).
+    assert 7 <= engine.stats.steps - steps <= 8
+
+
+def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=24)
+    setup = prepare(engine, plan)
+    queries = plan.queries.queries
+    steps = {}
+    for reproducible in (True, False):
+        before = engine.stats.steps
+        rows = [
+            row
+            for chunk in flow_chunks(engine, setup, queries, chunk_size=2, reproducible=reproducible)
+            for row in chunk
+        ]
+        steps[reproducible] = engine.stats.steps - before
+        assert sorted(r["prompt_id"] for r in rows) == sorted(q.prompt_id for q in queries)
+    # Held chunks of 2 drain the engine three times (select, sample, score each); one flow does it once.
+    assert steps[False] < 0.7 * steps[True], steps
+
+
+def test_a_flow_service_fed_by_two_callers_gives_each_its_own_rows(engine, shared_data, tmp_path):
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=16)
+    service = FlowService(engine, prepare(engine, plan))
+    queries = plan.queries.queries
+    results: dict[int, list] = {}
+
+    def call(index: int) -> None:
+        results[index] = service.run(queries[2 * index : 2 * index + 2])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    for index in range(2):
+        assert sorted(r["prompt_id"] for r in results[index]) == sorted(
+            q.prompt_id for q in queries[2 * index : 2 * index + 2]
+        )
+
+
+def chunk_files(out):
+    return sorted((out / CHUNKS_DIR).glob("chunk-*.parquet"))
+
+
+def test_a_continuous_build_saves_chunks_as_they_complete_and_a_killed_run_resumes_to_every_query_once(
+    tmp_path, shared_data
+):
+    queries = shared_data / "seed_tasks.jsonl"
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *FLOW_ARGS, "--output", str(out)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not chunk_files(out):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no chunk finished in time"
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):  # a chunk is on disk while the build runs: saved as it completed
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = [pd.read_parquet(path) for path in chunk_files(out)]
+    assert saved and all(len(chunk) == 3 for chunk in saved)
+    assert not list((out / CHUNKS_DIR).glob(".*"))  # no partial file left visible
+
+    rerun = run_cli("build", "--queries", str(queries), *FLOW_ARGS, "--output", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming:" in rerun.stderr
+    ids = [pid for chunk in chunk_files(out) for pid in pd.read_parquet(chunk).prompt_id]
+    assert len(ids) == len(set(ids)) == 12  # every query exactly once across the killed run and the rerun
+    kept = pd.concat([pd.read_parquet(p) for p in (out / "data" / "sso").glob("*.parquet")])
+    for row in kept.to_dict("records"):
+        assert row["chosen"].strip() and row["rejected"].strip() and row["original"].strip()
+        assert 0.0 < row["weight"] < 1.0 and all(
+            math.isfinite(row[f"logp_{r}"]) for r in ("chosen", "rejected", "original")
+        )
