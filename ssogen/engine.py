@@ -176,6 +176,9 @@ class Engine:
         if settings.max_num_seqs is not None:
             kwargs["max_num_seqs"] = settings.max_num_seqs
         if self.on_cpu:
+            # vLLM gives up on an engine step after 300 s. On a CPU shared with other jobs one step of a few
+            # thousand prompt tokens has been seen to take longer, which killed a build that was merely slow.
+            os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
             if settings.max_model_len is None:
                 raise EngineError("on CPU the engine needs an explicit max_model_len (chunked prefill is off)")
             kwargs["enable_chunked_prefill"] = False

@@ -2,9 +2,10 @@
 
 Owns the check that backs up vLLM's own repetition detection (which the engine applies while decoding and
 which only sees exact repeats at the very end of an answer). A loop that varies a little (a poem circling
-on near-identical lines, a number that keeps growing digits) still compresses far better than prose: zlib
-finds the repeats wherever they are. Answers that ended by themselves compress to about 0.4-0.5 of their
-size; the loops seen in the default build to about 0.05.
+on near-identical lines, a number that keeps growing digits) runs to the token limit, and still compresses
+far better than prose: zlib finds the repeats wherever they are. Only answers cut by the token limit are
+judged that way: an answer that ended by itself is not a runaway, and long structured answers (a table, a
+JSON list of similar records) can compress almost as well as a loop.
 """
 
 from __future__ import annotations
@@ -27,3 +28,9 @@ def compression_ratio(text: str) -> float:
 def is_loop(text: str, threshold: float) -> bool:
     """Whether an answer of at least `MIN_BYTES` compresses below `threshold` (0 turns the check off)."""
     return threshold > 0 and len(text.encode("utf-8")) >= MIN_BYTES and compression_ratio(text) < threshold
+
+
+def is_degenerate(text: str, finish_reason: str, threshold: float) -> bool:
+    """A loop: stopped by the engine's repetition check, or cut by the token limit and compressing below
+    `threshold` (see the module's docstring)."""
+    return finish_reason == "repetition" or (finish_reason == "length" and is_loop(text, threshold))

@@ -18,7 +18,7 @@ from typing import Any
 from ssogen.engine import Completion, Repetition, Request
 from ssogen.library import Feature
 from ssogen.plan import Plan
-from ssogen.quality import is_loop
+from ssogen.quality import is_degenerate
 from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query
 from ssogen.steer import (
@@ -244,7 +244,7 @@ def _clean(plan: Plan, role: str, completion: Completion) -> Answer:
         if unchanged
         else plan.chat.response_ids(text, finished=completion.finish_reason == "stop")
     )
-    degenerate = completion.finish_reason == "repetition" or is_loop(text, plan.config.loop_compression)
+    degenerate = is_degenerate(text, completion.finish_reason, plan.config.loop_compression)
     logprobs = completion.token_logprobs if unchanged else None
     return Answer(text, token_ids, completion.finish_reason, degenerate, logprobs)
 

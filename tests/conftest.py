@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# `datasets` caches what it loaded by file names and times, which pytest's reused temporary paths can repeat
+# across sessions: a fresh cache per session, so no test reads another session's tables.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="ssogen-tests-datasets-")
 # The shared prompt sets live beside the repository (../shared/data); SSOGEN_SHARED_DATA overrides.
 SHARED_DATA = Path(os.environ.get("SSOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -119,7 +119,7 @@ def built_folder(
     from ssogen.export import export_folder
     from ssogen.library import Templates
     from ssogen.models import ModelRef
-    from ssogen.pipeline import run_settings
+    from ssogen.plan import run_settings
     from ssogen.store import OutputFolder
     from tests.conftest import make_record
 

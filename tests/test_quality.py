@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from ssogen.quality import MIN_BYTES, compression_ratio, is_loop
+from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop
 
 PROSE = (
     "Photosynthesis is the process by which green plants, algae and some bacteria turn light into chemical energy. "
@@ -46,4 +47,15 @@ def test_short_answers_and_a_zero_threshold_are_never_judged():
     ids=["table", "numbered-list", "repeated-function", "json"],
 )
 def test_structured_answers_that_end_by_themselves_are_not_loops(text):
-    assert not is_loop(text, 0.15), compression_ratio(text)
+    assert not is_degenerate(text, "stop", 0.15), compression_ratio(text)
+
+
+def test_only_the_engine_stop_or_a_cut_answer_that_compresses_like_a_loop_is_degenerate():
+    loop = "SELECT * FROM customer_order_total_order_" + "5" * 1500
+    assert is_degenerate("short", "repetition", 0.15)  # the engine saw the loop
+    assert is_degenerate(loop, "length", 0.15)  # cut by the limit, and compresses like a loop
+    assert not is_degenerate(loop, "stop", 0.15)  # ended by itself: not a runaway
+    words = PROSE.split()
+    rng = random.Random(0)
+    long_prose = " ".join(rng.choice(words) for _ in range(600))
+    assert not is_degenerate(long_prose, "length", 0.15)  # long text cut by the limit is only truncated

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ssogen.pipeline import shard, shard_of
+from ssogen.plan import shard, shard_of
 from ssogen.sources import load_queries
 from tests.conftest import BUILT_ARGS, run_cli
 

@@ -13,7 +13,7 @@ from ssogen.config import BuildConfig
 from ssogen.export import export_folder
 from ssogen.library import Templates
 from ssogen.models import ModelRef
-from ssogen.pipeline import run_settings
+from ssogen.plan import run_settings
 from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, OutputFolder
 from ssogen.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
 from tests.conftest import make_record as record
@@ -45,6 +45,19 @@ def test_each_view_maps_the_record_to_its_pair():
     assert reward_row(row)["chosen"] == [*turns, {"role": "assistant", "content": "good 1"}]
     ref = reference_row(row)
     assert (ref["system"], ref["p_system"], ref["n_system"], ref["raw"]) == ("", "be good", "be bad", "plain 1")
+    assert (ref["instruction"], ref["history"]) == ("question 1", [["hi", "hello"]])
+
+
+def test_views_carry_the_turns_generation_used_when_the_template_has_no_system_role():
+    row = record(1, steering_in_user=True, system="You are terse.")
+    pos, neg = steer_pos_row(row)["prompt"], steer_neg_row(row)["prompt"]
+    # As generation did: p+ / p- (and the query's own system turn) merged into the user turn, no system turn.
+    assert pos == [{"role": "user", "content": "be good\n\nYou are terse.\n\nquestion 1"}]
+    assert neg == [{"role": "user", "content": "be bad\n\nYou are terse.\n\nquestion 1"}]
+    assert dpo_row(row)["prompt"] == [{"role": "user", "content": "You are terse.\n\nquestion 1"}]
+    with_system = record(1, system="You are terse.")
+    assert steer_pos_row(with_system)["prompt"][0] == {"role": "system", "content": "be good\n\nYou are terse."}
+    assert dpo_row(with_system)["prompt"][0] == {"role": "system", "content": "You are terse."}
 
 
 def test_split_is_seeded_and_decided_per_query():
@@ -110,11 +123,30 @@ def test_card_of_a_run_with_drops_lists_the_reasons(tmp_path):
     assert load_dataset(str(tmp_path), "dropped", split="train")["reason"].count("empty_query") == 1
 
 
-def test_dataset_info_points_llamafactory_at_the_reference_view(built_folder):
+# What the SSO authors' LLaMA-Factory fork reads (myllamafactory/src/llamafactory/data/parser.py, aligner.py):
+# DatasetAttr columns for formatting "sso" are the common ones, the alpaca ones and raw / p_system / n_system;
+# convert_sso reads history as [user, assistant] pairs and the pairwise example needs ranking true.
+FORK_SSO_COLUMNS = {"system", "tools", "images", "videos", "chosen", "rejected", "kto_tag", "prompt", "query",
+                    "response", "history", "raw", "p_system", "n_system"}  # fmt: skip
+
+
+def test_dataset_info_is_the_authors_sso_format_one_entry_per_split(built_folder):
     info = json.loads((built_folder / "dataset_info.json").read_text())
-    (entry,) = info.values()
-    assert (built_folder / entry["file_name"]).is_file()
-    assert entry["ranking"] is True and entry["columns"]["prompt"] == "instruction"
+    splits = {p.name.split("-")[0] for p in (built_folder / "data" / "sso_reference").glob("*.parquet")}
+    assert set(info) == {"ssogen_sso"} | {f"ssogen_sso_{split}" for split in splits}
+    for name, entry in info.items():
+        assert entry["formatting"] == "sso" and entry["ranking"] is True
+        assert set(entry["columns"]) <= FORK_SSO_COLUMNS
+        assert {"prompt", "history", "system", "chosen", "rejected", "raw", "p_system", "n_system"} <= set(
+            entry["columns"]
+        )
+        table = load_dataset("parquet", data_files=str(built_folder / entry["file_name"]), split="train")
+        assert set(entry["columns"].values()) <= set(table.column_names), name
+        for example in table:
+            # convert_sso: `for old_prompt, old_response in example[history]`, and the three answers as text.
+            assert all(len(pair) == 2 for pair in example["history"])
+            assert all(isinstance(example[c], str) for c in ("chosen", "rejected", "raw", "p_system", "n_system"))
+    assert info["ssogen_sso"] == info["ssogen_sso_train"]
 
 
 def test_no_token_shaped_string_is_written_anywhere(built_folder):
