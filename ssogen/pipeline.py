@@ -26,7 +26,7 @@ from ssogen.export import export_folder
 from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
 from ssogen.models import ModelRef, resolve_model
 from ssogen.sources import Query, QuerySet, QueryStats, iter_queries, load_queries
-from ssogen.store import OutputFolder
+from ssogen.store import OutputFolder, ids_digest
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,11 @@ def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
             f"--num-features: {config.num_features} is more than the {len(selectable)} selectable features "
             f"of the principle library; use at most {len(selectable)}."
         )
+    queries_hash = None
     if load_queries_now:
         queries = load_queries(config.queries, config.query_column, config.limit)
+        # Of the whole query list, before sharding: every shard of one build has the same fingerprint.
+        queries_hash = ids_digest(q.prompt_id for q in queries.queries + queries.empty)
         if config.num_shards > 1:
             queries = shard(queries, config.num_shards, config.shard_index)
     else:
@@ -109,7 +112,7 @@ def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
         queries = QuerySet(queries=[], empty=[], duplicates=0, source=config.queries or "bundled")
     model = resolve_model(config.model, trust_remote_code=config.trust_remote_code)
     folder = OutputFolder(config.output)
-    settings = run_settings(config, model, templates)
+    settings = run_settings(config, model, templates, queries_hash)
     chat = ChatFormat(load_tokenizer(model, trust_remote_code=config.trust_remote_code))
     return Plan(config, model, library, templates, queries, folder, settings, chat)
 
@@ -141,11 +144,19 @@ def shard(queries: QuerySet, num_shards: int, index: int) -> QuerySet:
     )
 
 
-def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
-    """The exact settings recorded with the dataset; the fingerprint is what a resume must match."""
+def run_settings(
+    config: BuildConfig, model: ModelRef, templates: Templates, queries_hash: str | None = None
+) -> dict[str, Any]:
+    """The exact settings recorded with the dataset; the fingerprint is what a resume must match.
+
+    ``queries_hash`` (`ssogen.store.ids_digest` of the query list) makes the fingerprint cover the queries'
+    content, not only their path: a resume never keeps rows of queries that were removed from the input.
+    """
     principles = config.principles or resource_dir("principles")
     values = config.to_dict()
     fingerprint = {
+        "ssogen_version": __version__,  # chunks of two versions never mix (each chunk also says what wrote it)
+        "queries_hash": queries_hash,
         "model": model.name,
         "model_revision": model.revision,
         "queries": config.queries or "bundled",
@@ -174,22 +185,26 @@ def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> 
 
 def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
     """Run a whole build: plan, generate every unfinished chunk, write the `sso` and `dropped` tables."""
+    # One writer per output folder (ssogen.lock): a second build on it stops at once with exit 2.
+    with OutputFolder(config.output).lock("ssogen build"):
+        return _build(config, overwrite=overwrite)
+
+
+def _build(config: BuildConfig, *, overwrite: bool) -> BuildSummary:
     started = time.perf_counter()
     plan = plan_build(config)
     plan.folder.prepare(plan.settings, overwrite=overwrite)
     summary = BuildSummary(duplicates=plan.queries.duplicates)
     all_queries = plan.queries.queries + plan.queries.empty
     summary.total = len(all_queries)
-    finished = plan.folder.finished_ids()
+    finished = plan.folder.resume()  # damaged or foreign chunks are set aside, their queries done again
     todo = [q for q in plan.queries.queries if q.prompt_id not in finished]
     summary.resumed = len(finished & {q.prompt_id for q in all_queries})
     if summary.resumed:
         logger.info("resuming: %d of %d queries already done in %s", summary.resumed, summary.total, config.output)
     empties = [q for q in plan.queries.empty if q.prompt_id not in finished]
     if empties:
-        plan.folder.write_chunk(
-            plan.folder.next_chunk_index(), [dropped_row(q, [], "empty_query", plan) for q in empties]
-        )
+        plan.folder.write_chunk([dropped_row(q, [], "empty_query", plan) for q in empties])
 
     if todo and config.executor == "ray":
         from ssogen.distributed import ray_chunks
@@ -211,11 +226,9 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
             summary.generate_seconds = engine.stats.generate_seconds
             summary.score_seconds = engine.stats.score_seconds
 
-    kept, dropped = plan.folder.split_chunks([q.prompt_id for q in all_queries])
-    summary.counts = export_folder(
+    exported = export_folder(
         plan.folder,
-        kept,
-        dropped,
+        [q.prompt_id for q in all_queries],
         templates=plan.templates,
         settings=plan.settings,
         seed=config.seed,
@@ -225,10 +238,10 @@ def build(config: BuildConfig, *, overwrite: bool = False) -> BuildSummary:
         parent=config.parent,
         card_plots=config.card_plots,
     )
-    summary.kept = kept.num_rows
-    summary.dropped = Counter(dropped.column("reason").to_pylist())
-    weights = kept.column("weight").to_pylist()
-    summary.mean_weight = sum(weights) / len(weights) if weights else math.nan
+    summary.counts = exported.counts
+    summary.kept = exported.kept
+    summary.dropped = exported.dropped
+    summary.mean_weight = exported.mean_weight
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -296,7 +309,7 @@ def dry_run(config: BuildConfig) -> DryRunSummary:
 
 def _save_chunk(folder: OutputFolder, rows: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
-    folder.write_chunk(folder.next_chunk_index(), rows)
+    folder.write_chunk(rows)
     return time.perf_counter() - started
 
 
