@@ -63,6 +63,8 @@ def test_sigkill_after_the_first_chunk_then_rerun_equals_an_uninterrupted_run(tm
     rerun = run_cli("build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming:" in rerun.stderr
+    # The killed build's lock is released by the kernel; the rerun says whose lock it took over.
+    assert f"took over the lock of {out}, left by pid {proc.pid}" in rerun.stderr
 
     resumed, reference = table(out, "sso"), table(built_folder, "sso")
     assert resumed.prompt_id.is_unique and len(resumed) + len(_dropped(out)) == 9
@@ -147,7 +149,7 @@ def test_overwrite_starts_a_build_folder_afresh(tmp_path):
     settings = {"run": {"seed": 0}, "settings": {}}
     folder = OutputFolder(tmp_path / "out")
     folder.prepare(settings, overwrite=False)
-    folder.write_chunk(0, [])
+    folder.write_chunk([])
     with pytest.raises(UsageError, match="seed: 0 -> 1"):
         folder.prepare({"run": {"seed": 1}, "settings": {}}, overwrite=False)
     folder.prepare({"run": {"seed": 1}, "settings": {}}, overwrite=True)
