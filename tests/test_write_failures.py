@@ -89,7 +89,8 @@ def test_write_failures_during_a_build_stop_cleanly_keep_finished_chunks_and_a_r
     assert build.returncode == 1, stderr[-3000:]
     said = error_lines(stderr)
     assert said[0].startswith(f"error: cannot write {out / CHUNKS_DIR}/chunk-00000001.parquet: file too large")
-    assert said[1:] == [f"finished chunks are kept in {out}; run the same command again to resume"]
+    # (vLLM's processes may log their own shutdown after it.)
+    assert said[1] == f"finished chunks are kept in {out}; run the same command again to resume"
     assert "Traceback" not in stderr
     (kept,) = (out / CHUNKS_DIR).glob("chunk-*.parquet")  # the finished chunk, whole; no partial file
     assert len(pq.read_table(kept)) == 3 and not list((out / CHUNKS_DIR).glob(".*"))
