@@ -22,7 +22,7 @@ from typing import Any
 
 from ssogen import __version__
 from ssogen.config import BuildConfig, flag, load_yaml_settings
-from ssogen.errors import SsogenError, UsageError
+from ssogen.errors import SsogenError, UsageError, WriteError
 
 logger = logging.getLogger("ssogen")
 
@@ -138,18 +138,33 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from ssogen.engine import EngineError
-    from ssogen.pipeline import build
-
     config = build_config(args)
     if args.dry_run:
         from ssogen.pipeline import dry_run
 
         print(dry_run(config).line())
         return 0
+    from ssogen.store import SETTINGS_FILE, OutputFolder
+
+    config.validate()  # a mistyped flag must not create the output folder
     if config.push_to_hub:
-        _preflight_push(config.validate(), config.push_to_hub)
+        _preflight_push(config, config.push_to_hub)
     resume = f"finished chunks are kept in {config.output}; run the same command again to resume"
+    try:
+        # One writer per output folder, taken before the model loads so a second build stops at once (exit 2);
+        # held through the push of --push-to-hub.
+        with OutputFolder(config.output).lock("ssogen build"):
+            return _build_and_push(args, config, resume)
+    except WriteError as exc:  # no space, a quota, read-only, a file-size limit: once fixed, a re-run resumes
+        if (config.output / SETTINGS_FILE).is_file():
+            raise WriteError(f"{exc}\n{resume}") from exc
+        raise
+
+
+def _build_and_push(args: argparse.Namespace, config: BuildConfig, resume: str) -> int:
+    from ssogen.engine import EngineError
+    from ssogen.pipeline import build
+
     try:
         try:
             # vLLM's own output goes to a log file in the folder unless the user asked to see everything.
@@ -195,22 +210,23 @@ def _cmd_push(args: argparse.Namespace) -> int:
     import yaml
 
     from ssogen.publish import push_folder, validate_repo_id
-    from ssogen.store import SETTINGS_FILE
+    from ssogen.store import SETTINGS_FILE, OutputFolder
 
     validate_repo_id(args.repo_id)
     settings_path = args.folder / SETTINGS_FILE
     if not settings_path.is_file():
         raise SsogenError(f"{args.folder} holds no {SETTINGS_FILE}; is it a folder written by `ssogen build`?")
     round_number = int((yaml.safe_load(settings_path.read_text()) or {}).get("run", {}).get("round", 0))
-    result = push_folder(
-        args.folder,
-        args.repo_id,
-        round=round_number,
-        private=args.private,
-        revision=args.revision,
-        overwrite_round=args.overwrite_round,
-        replace_repo_data=args.replace_repo_data,
-    )
+    with OutputFolder(args.folder).lock("ssogen push", read_only=True):  # no build rewrites it meanwhile
+        result = push_folder(
+            args.folder,
+            args.repo_id,
+            round=round_number,
+            private=args.private,
+            revision=args.revision,
+            overwrite_round=args.overwrite_round,
+            replace_repo_data=args.replace_repo_data,
+        )
     logger.info("%s", result.line())
     return 0
 
@@ -235,10 +251,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from ssogen.merge import merge
 
-    counts = merge(args.folders, args.output, overwrite=args.overwrite)
-    kept = sum(counts.get("sso", {}).values())
-    dropped = sum(counts.get("dropped", {}).values())
-    logger.info("merged %d folders into %s: kept %d, dropped %d", len(args.folders), args.output, kept, dropped)
+    try:
+        result = merge(args.folders, args.output, overwrite=args.overwrite)
+    except WriteError as exc:
+        raise WriteError(
+            f"{exc}\nmerged chunks are kept in {args.output}; run the same command again to resume"
+        ) from exc
+    dropped = sum(result.dropped.values())
+    logger.info("merged %d folders into %s: kept %d, dropped %d", len(args.folders), args.output, result.kept, dropped)
     return 0
 
 

@@ -15,3 +15,7 @@ class UsageError(SsogenError):
 
 class PublishError(SsogenError):
     """Publishing a dataset folder to the Hub failed."""
+
+
+class WriteError(SsogenError):
+    """Writing into a folder failed (no space, a quota, read-only, a file-size limit): the path and the cause."""

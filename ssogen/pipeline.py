@@ -80,22 +80,26 @@ def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = Tr
 
     ``engine_log``: send vLLM's own output to `ENGINE_LOG` in the folder (False: leave it on the terminal).
     """
+    # One writer per output folder (ssogen.lock): a second build on it stops at once with exit 2.
+    with OutputFolder(config.output).lock("ssogen build"):
+        return _build(config, overwrite=overwrite, engine_log=engine_log)
+
+
+def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSummary:
     started = time.perf_counter()
     plan = plan_build(config)
     plan.folder.prepare(plan.settings, overwrite=overwrite)
     summary = BuildSummary(duplicates=plan.queries.duplicates)
     all_queries = plan.queries.queries + plan.queries.empty
     summary.total = len(all_queries)
-    finished = plan.folder.finished_ids()
+    finished = plan.folder.resume()  # damaged or foreign chunks are set aside, their queries done again
     todo = [q for q in plan.queries.queries if q.prompt_id not in finished]
     summary.resumed = len(finished & {q.prompt_id for q in all_queries})
     if summary.resumed:
         logger.info("resuming: %d of %d queries already done in %s", summary.resumed, summary.total, config.output)
     empties = [q for q in plan.queries.empty if q.prompt_id not in finished]
     if empties:
-        plan.folder.write_chunk(
-            plan.folder.next_chunk_index(), [dropped_row(plan, q, [], "empty_query") for q in empties]
-        )
+        plan.folder.write_chunk([dropped_row(plan, q, [], "empty_query") for q in empties])
 
     log_file = str(plan.folder.root / ENGINE_LOG) if engine_log else None
     summary.engine_log = log_file if todo and config.executor == "local" else None
@@ -116,11 +120,9 @@ def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = Tr
             summary.steps = engine.stats.steps
             summary.sequences_per_step = engine.stats.sequences_per_step
 
-    kept, dropped = plan.folder.split_chunks([q.prompt_id for q in all_queries])
-    summary.counts = export_folder(
+    exported = export_folder(
         plan.folder,
-        kept,
-        dropped,
+        [q.prompt_id for q in all_queries],
         templates=plan.templates,
         settings=plan.settings,
         seed=config.seed,
@@ -130,10 +132,10 @@ def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = Tr
         parent=config.parent,
         card_plots=config.card_plots,
     )
-    summary.kept = kept.num_rows
-    summary.dropped = Counter(dropped.column("reason").to_pylist())
-    weights = kept.column("weight").to_pylist()
-    summary.mean_weight = sum(weights) / len(weights) if weights else math.nan
+    summary.counts = exported.counts
+    summary.kept = exported.kept
+    summary.dropped = exported.dropped
+    summary.mean_weight = exported.mean_weight
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -207,5 +209,5 @@ def dry_run(config: BuildConfig) -> DryRunSummary:
 
 def _save_chunk(folder: OutputFolder, rows: list[dict[str, Any]]) -> float:
     started = time.perf_counter()
-    folder.write_chunk(folder.next_chunk_index(), rows)
+    folder.write_chunk(rows)
     return time.perf_counter() - started

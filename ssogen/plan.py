@@ -23,7 +23,7 @@ from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash,
 from ssogen.models import ModelRef, model_context_length, resolve_model
 from ssogen.sources import Query, QuerySet, iter_queries, load_queries, query_source_options
 from ssogen.steer import label_pattern, selectable
-from ssogen.store import OutputFolder
+from ssogen.store import OutputFolder, ids_digest
 
 
 @dataclass
@@ -62,8 +62,11 @@ def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
             f"--num-features: {config.num_features} is more than the {len(selectable(library))} selectable "
             f"features of the principle library; use at most {len(selectable(library))}."
         )
+    queries_hash = None
     if load_queries_now:
         queries = load_queries(config.queries, config.query_column, config.limit, **query_source_options(config))
+        # Of the whole query list, before sharding: every shard of one build has the same fingerprint.
+        queries_hash = ids_digest(q.prompt_id for q in queries.queries + queries.empty)
         if config.num_shards > 1:
             queries = shard(queries, config.num_shards, config.shard_index)
     else:
@@ -77,7 +80,7 @@ def plan_build(config: BuildConfig, *, load_queries_now: bool = True) -> Plan:
             f"({context_len} tokens): the prompt needs room too. Lower it, or raise --max-model-len."
         )
     folder = OutputFolder(config.output)
-    settings = run_settings(config, model, templates)
+    settings = run_settings(config, model, templates, queries_hash)
     chat = ChatFormat(load_tokenizer(model, trust_remote_code=config.trust_remote_code))
     return Plan(config, model, library, templates, queries, folder, settings, chat, context_len)
 
@@ -109,8 +112,13 @@ def shard(queries: QuerySet, num_shards: int, index: int) -> QuerySet:
     )
 
 
-def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> dict[str, Any]:
+def run_settings(
+    config: BuildConfig, model: ModelRef, templates: Templates, queries_hash: str | None = None
+) -> dict[str, Any]:
     """The exact settings recorded with the dataset; the fingerprint is what a resume must match.
+
+    ``queries_hash`` (`ssogen.store.ids_digest` of the query list) makes the fingerprint cover the queries'
+    content, not only their path: a resume never keeps rows of queries that were removed from the input.
 
     Settings that change neither the rows nor their order (engine sizing, --chunk-size, --reproducible,
     the executor) are recorded but left out of the fingerprint, so a resume may change them.
@@ -118,6 +126,8 @@ def run_settings(config: BuildConfig, model: ModelRef, templates: Templates) -> 
     principles = config.principles or resource_dir("principles")
     values = config.to_dict()
     fingerprint = {
+        "ssogen_version": __version__,  # chunks of two versions never mix (each chunk also says what wrote it)
+        "queries_hash": queries_hash,
         "model": model.name,
         "model_revision": model.revision,
         "queries": config.queries or "bundled",

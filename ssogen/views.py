@@ -13,13 +13,13 @@ and the seeded train/test split, which is decided per query so every view splits
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
 from ssogen.steer import derive_seed
-from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA
+from ssogen.store import RECORD_SCHEMA
 
 Row = dict[str, Any]
 
@@ -151,28 +151,19 @@ def split_of(prompt_id: str, seed: int, test_size: float) -> str:
     return "test" if draw < test_size else "train"
 
 
-def build_views(records: pa.Table, dropped: pa.Table, seed: int, test_size: float) -> dict[str, dict[str, pa.Table]]:
-    """{config: {split: table}} for every non-empty view and split; `dropped` has only a train split."""
-    rows = records.to_pylist()
-    splits: dict[str, list[Row]] = {"train": [], "test": []}
-    for row in rows:
-        splits[split_of(row["prompt_id"], seed, test_size)].append(row)
-    # `datasets` cannot load a split from a Parquet file without rows, so empty splits (a tiny run's test
-    # split, `dropped` when nothing was dropped) and empty configs are left out.
-    views: dict[str, dict[str, pa.Table]] = {}
+def view_tables(records: pa.Table, rows_per_batch: int = 512) -> Iterator[tuple[str, pa.Table]]:
+    """(config, table) of every view of `records` (kept records of one split), one view at a time.
+
+    Rows go through the views' row functions `rows_per_batch` at a time, so memory holds one view of
+    `records` and a few hundred rows as Python objects, however large `records` is.
+    """
     for name, (make_row, schema) in VIEWS.items():
-        tables = {
-            split: pa.Table.from_pylist(
-                split_rows if make_row is None else [make_row(r) for r in split_rows], schema=schema
-            )
-            for split, split_rows in splits.items()
-            if split_rows
-        }
-        if tables:
-            views[name] = tables
-    if dropped.num_rows:
-        views["dropped"] = {"train": dropped.cast(DROPPED_SCHEMA)}
-    return views
+        if make_row is None:
+            yield name, records.cast(schema)
+            continue
+        batches = records.to_batches(max_chunksize=rows_per_batch)
+        tables = [pa.Table.from_pylist([make_row(r) for r in b.to_pylist()], schema=schema) for b in batches]
+        yield name, pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def llamafactory_dataset_info(files: dict[str, list[str]], name: str = "ssogen_sso") -> dict[str, Any]:

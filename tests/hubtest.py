@@ -130,13 +130,11 @@ def built_folder(
     rows = [{**make_record(first + i, round=round_), "drop_reason": None} for i in range(kept)]
     rows += [{**make_record(first + 100 + i), "drop_reason": "empty_answer"} for i in range(dropped)]
     if not folder.chunk_files():  # called again on a built folder: re-export it, as a re-run build does
-        folder.write_chunk(folder.next_chunk_index(), rows)
+        folder.write_chunk(rows)
     if export:
-        records, lost = folder.split_chunks([r["prompt_id"] for r in rows])
         export_folder(
             folder,
-            records,
-            lost,
+            [r["prompt_id"] for r in rows],
             templates=Templates(None),
             settings=run,
             seed=config.seed,

@@ -99,7 +99,7 @@ def _unfinished(kind: str, root: Path) -> Path:
         return built_folder(root, export=False)
     folder = built_folder(root)
     if kind == "chunks newer than the export":
-        OutputFolder(folder).write_chunk(1, [{**make_record(50), "drop_reason": None}])
+        OutputFolder(folder).write_chunk([{**make_record(50), "drop_reason": None}])
     elif kind == "a config's files missing":
         for path in (folder / "data" / "dpo").glob("*.parquet"):
             path.unlink()

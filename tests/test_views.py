@@ -14,7 +14,7 @@ from ssogen.export import export_folder
 from ssogen.library import Templates
 from ssogen.models import ModelRef
 from ssogen.plan import run_settings
-from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, OutputFolder
+from ssogen.store import OutputFolder
 from ssogen.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
 from tests.conftest import make_record as record
 
@@ -22,14 +22,18 @@ FAKE_TOKEN = "hf_" + "Z" * 34
 
 
 def export(tmp_path, rows, dropped_rows=(), test_size=0.3):
+    """Export `rows` (kept records) and `dropped_rows` (DROPPED_SCHEMA rows) as one build's chunks would be."""
     folder = OutputFolder(tmp_path)
-    records = pa.Table.from_pylist(rows, schema=RECORD_SCHEMA)
-    dropped = pa.Table.from_pylist(list(dropped_rows), schema=DROPPED_SCHEMA)
     settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))
-    counts = export_folder(
-        folder, records, dropped, templates=Templates(None), settings=settings, seed=0, test_size=test_size
-    )
-    return counts
+    folder.prepare(settings, overwrite=False)
+    chunk = [{**row, "drop_reason": None} for row in rows] + [
+        {"prompt_id": d["prompt_id"], "prompt": d["prompt"], "features": d["features"], "drop_reason": d["reason"]}
+        for d in dropped_rows
+    ]
+    folder.write_chunk(chunk)
+    order = [row["prompt_id"] for row in chunk]
+    result = export_folder(folder, order, templates=Templates(None), settings=settings, seed=0, test_size=test_size)
+    return result.counts
 
 
 def test_each_view_maps_the_record_to_its_pair():
