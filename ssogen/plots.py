@@ -18,9 +18,11 @@ from ssogen.readback import Build, distinct_names
 from ssogen.store import atomic_write_bytes
 from ssogen.tables import ROLE_SIGN
 
-PLOTS = ("weight_hist", "pi_scatter", "lengths", "features", "drops")
+PLOTS = ("weight_hist", "pi_scatter", "lengths", "features", "drops", "audit")
 COLOURS = ("#1f77b4", "#ff7f0e")
 ROLE_COLOURS = {"chosen": "#2ca02c", "rejected": "#d62728", "original": "#7f7f7f"}
+PAIR_COLOURS = {"main": "#1f77b4", "steer_neg": "#9467bd"}
+LINESTYLES = ("-", "--")
 
 
 def _figure(width: float = 6.4, height: float = 4.2) -> Any:
@@ -172,11 +174,52 @@ def _plot_no_drops(build: Build, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _plot_audit(builds: list[tuple[str, Build]], path: Path) -> Path:
+    """The judge's P per pair (histogram) and its accuracy by W quartile with 95 % Wilson intervals."""
+    import numpy as np
+
+    fig = _figure(11.0, 4.6)
+    spread, by_weight = fig.subplots(1, 2)
+    bins = np.linspace(0.0, 1.0, 21)
+    shown = [(i, label, b, pair, f) for i, (label, b) in enumerate(builds) for pair, f in b.audit_summary.items()]
+    offsets = np.linspace(-0.15, 0.15, len(shown)) if len(shown) > 1 else [0.0]
+    for (i, label, b, pair, f), offset in zip(shown, offsets, strict=True):
+        name = f"{label}: {f['label']}" if len(builds) > 1 else f["label"]
+        style = {"color": PAIR_COLOURS.get(pair, "#333333"), "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+        values = [p for p, kind in zip(_audit_column(b, "p"), _audit_column(b, "pair"), strict=True) if kind == pair]
+        spread.hist(values, bins=bins, histtype="step", linewidth=2, label=name, **style)
+        groups = [g for g in f["by_weight"] if g["accuracy"] is not None]
+        xs = np.arange(len(groups)) + offset
+        ys = [g["accuracy"] for g in groups]
+        errors = [
+            [y - g["ci"][0] for y, g in zip(ys, groups, strict=True)],
+            [g["ci"][1] - y for y, g in zip(ys, groups, strict=True)],
+        ]
+        by_weight.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, label=name, **style)
+    spread.axvline(0.5, color="black", linestyle=":", linewidth=1)
+    spread.set_xlim(0, 1)
+    spread.set_xlabel("P(preferred ≻ other)")
+    spread.set_ylabel("rows")
+    spread.yaxis.get_major_locator().set_params(integer=True)
+    spread.set_title("The judge's verdicts (right of 0.5: it agrees)")
+    by_weight.axhline(0.5, color="black", linestyle=":", linewidth=1)
+    by_weight.set_ylim(-0.02, 1.02)
+    by_weight.set_xticks(range(4), ["Q1 (low W)", "Q2", "Q3", "Q4 (high W)"])
+    by_weight.set_ylabel("accuracy (P > 0.5)")
+    by_weight.set_title("Accuracy by W quartile (95 % Wilson interval)")
+    by_weight.legend(fontsize="small", loc="upper center", bbox_to_anchor=(-0.1, -0.12), ncols=2)
+    return _save(fig, path)
+
+
+def _audit_column(build: Build, name: str) -> list[Any]:
+    return build.audit.column(name).to_pylist()
+
+
 def render_plots(build: Build, out_dir: Path, compare: Build | None = None) -> dict[str, Path]:
     """Write the PNG plots of a build into ``out_dir``; returns {plot name: path} of those written.
 
-    The W histogram and the π̃ scatter overlay ``compare`` when given. Plots of kept rows are left out
-    when no build shown has any, so no plot is ever empty; ``drops.png`` is always written.
+    The W histogram, the π̃ scatter and the audit's verdicts overlay ``compare`` when given. Plots of kept
+    rows are left out when no build shown has any, so no plot is ever empty; ``drops.png`` is always written.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     builds = [(build.label, build)]
@@ -199,4 +242,6 @@ def render_plots(build: Build, out_dir: Path, compare: Build | None = None) -> d
         )
     else:
         plots["drops"] = _plot_no_drops(build, out_dir / "drops.png")
+    if any(b.audit_summary for _, b in builds):
+        plots["audit"] = _plot_audit(builds, out_dir / "audit.png")
     return plots

@@ -18,13 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from ssogen.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, summarize_audit
 from ssogen.card import ROLES, summarize
 from ssogen.errors import SsogenError, UsageError
 from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, SETTINGS_FILE
 
 # Configs in the order `ssogen build` writes them; others follow alphabetically.
 CONFIG_ORDER = ("sso", "dpo", "steer_pos", "steer_neg", "reward", "sso_reference", "dropped", "audit")
-HUB_PATTERNS = ["data/sso/*", "data/dropped/*", SETTINGS_FILE, "README.md"]
+HUB_PATTERNS = ["data/sso/*", "data/dropped/*", f"data/{AUDIT_CONFIG}/*", SETTINGS_FILE, AUDIT_FILE, "README.md"]
 # The columns summarize() reads; a data/sso without them was not written by this ssogen.
 NEEDED_COLUMNS = ("features", "weight", "truncated", *(f"{k}_{r}" for k in ("logp", "tokens") for r in ROLES))
 _SHARD = re.compile(r"^(?P<split>.+?)-\d+-of-\d+\.parquet$")
@@ -41,11 +42,18 @@ class Build:
     # {config: {split: rows}}; None = the card lists the split but its files were not downloaded.
     counts: dict[str, dict[str, int | None]]
     settings: dict[str, Any]
+    # The split of each row of `sso` (the Parquet files are read train first, then test).
+    sso_splits: list[str] = field(default_factory=list)
+    # `ssogen audit`'s verdicts (the `audit` config; empty when never audited) and how it was run (audit.yaml).
+    audit: pa.Table = field(default_factory=AUDIT_SCHEMA.empty_table)
+    audit_meta: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(init=False)
     cut: dict[str, int] = field(init=False)  # answers per role that stopped at the token limit
+    audit_summary: dict[str, Any] = field(init=False)  # {pair: figures}; empty when never audited
 
     def __post_init__(self) -> None:
         self.summary = summarize(self.sso, self.dropped)
+        self.audit_summary = summarize_audit(self.audit)
         self.cut = {
             role: sum(1 for f in self.sso.column(f"finish_{role}").to_pylist() if f == "length")
             if f"finish_{role}" in self.sso.column_names
@@ -90,6 +98,16 @@ class Build:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in self.summary["drop_reasons"].items())
         everything = "the only query was dropped" if n == 1 else f"all {n} queries were dropped"
         return f"no kept rows: {everything} (reasons: {reasons})"
+
+    def messages(self) -> list[str]:
+        """What a reader must see first: why nothing is summarised, and features on nearly every kept row."""
+        empty = self.message()
+        warnings = [
+            f"warning: the feature {w['feature']} steers {100 * w['share']:.1f} % of the kept rows "
+            f"({w['rows']} of {self.kept}): the feature selection barely depends on the query"
+            for w in self.summary["feature_warnings"]
+        ]
+        return [empty] if empty else warnings
 
 
 def load_build(target: str) -> Build:
@@ -154,7 +172,29 @@ def _read_folder(root: Path, *, name: str, source: str, hub: bool) -> Build:
     dropped = _read_tables(files.get("dropped", {}), DROPPED_SCHEMA, f"{source}: data/dropped")
     if "reason" not in dropped.column_names:
         raise UsageError(f"{source}: data/dropped lacks the column reason; is it an ssogen build?")
-    return Build(name=name, source=source, sso=sso, dropped=dropped, counts=counts, settings=_settings(root))
+    sso_splits = [
+        split
+        for split, paths in ordered_splits(files.get("sso", {})).items()
+        for path in paths
+        for _ in range(pq.ParquetFile(path).metadata.num_rows)
+    ]
+    audit = _read_tables(files.get(AUDIT_CONFIG, {}), AUDIT_SCHEMA, f"{source}: data/{AUDIT_CONFIG}")
+    missing = [c for c in AUDIT_SCHEMA.names if audit.num_rows and c not in audit.column_names]
+    if missing:
+        raise UsageError(
+            f"{source}: data/{AUDIT_CONFIG} lacks the columns {', '.join(missing)}; run `ssogen audit` again."
+        )
+    return Build(
+        name=name,
+        source=source,
+        sso=sso,
+        dropped=dropped,
+        counts=counts,
+        settings=_settings(root),
+        sso_splits=sso_splits,
+        audit=audit,
+        audit_meta=_settings(root, AUDIT_FILE),
+    )
 
 
 def _parquet_files(data: Path) -> dict[str, dict[str, list[Path]]]:
@@ -208,8 +248,8 @@ def _read_tables(splits: dict[str, list[Path]], schema: pa.Schema, where: str) -
         raise UsageError(f"{where}: cannot read its Parquet files: {exc}") from None
 
 
-def _settings(root: Path) -> dict[str, Any]:
-    path = root / SETTINGS_FILE
+def _settings(root: Path, name: str = SETTINGS_FILE) -> dict[str, Any]:
+    path = root / name
     if not path.is_file():
         return {}
     try:

@@ -21,6 +21,8 @@ CAPTIONS = {
     "lengths": "Answer lengths in tokens per role; x marks answers cut by the token limit.",
     "features": "How many kept queries were steered along each feature.",
     "drops": "Queries dropped, per reason.",
+    "audit": "The audit: the judge's P(preferred ≻ other) per pair, and its accuracy by W quartile with 95 % "
+    "Wilson intervals (dotted: 0.5, a coin toss).",
 }
 
 
@@ -37,12 +39,12 @@ def write_report(build: Build, out_dir: Path, compare: Build | None = None) -> P
     for name in PLOTS:  # a plot of an earlier report that this one does not have
         if name not in plots:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
-    messages = [m for m in [build.message()] if m]
+    messages = build.messages()
     title = f"ssogen inspect: {build.label}"
     if compare is not None:
         head_a, head_b = distinct_names(build, compare)
         title = f"ssogen inspect: {head_a} vs {head_b}"
-        messages = [f"{h.split(':')[0]}: {m}" for h, b in ((head_a, build), (head_b, compare)) if (m := b.message())]
+        messages = [f"{h.split(':')[0]}: {m}" for h, b in ((head_a, build), (head_b, compare)) for m in b.messages()]
     env = Environment(loader=FileSystemLoader(resource_dir("prompts")), autoescape=True, undefined=StrictUndefined)
     html = env.get_template(REPORT_TEMPLATE).render(
         title=title,

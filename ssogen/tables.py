@@ -113,6 +113,7 @@ def sections(build: Build) -> list[Section]:
             empty="No query was dropped.",
         ),
     ]
+    out.append(_degenerate_section(s["degenerate"]))
     if not build.kept:
         return out
     out += [
@@ -142,7 +143,28 @@ def sections(build: Build) -> list[Section]:
             f" ({_truncated_rows(build)} of {build.kept}).",
         ),
     ]
-    return out
+    return out + audit_sections(build)
+
+
+DEGENERATE_COLUMNS = {
+    "kept": "in kept rows",
+    "stopped": "of which stopped by the engine",
+    "dropped": "in dropped queries",
+    "total": "total",
+}
+
+
+def _degenerate_section(counts: dict[str, dict[str, int]] | None) -> Section:
+    return Section(
+        "Degenerate answers (loops)",
+        ["role", *DEGENERATE_COLUMNS.values()],
+        []
+        if counts is None
+        else [[f"{r} ({ROLE_SIGN[r]})", *(str(counts[r][k]) for k in DEGENERATE_COLUMNS)] for r in ROLES],
+        empty="Not recorded: this build has no degenerate_* columns (made before ssogen flagged loops).",
+        note="Stopped by the engine: finish_* = repetition. A query whose y+ or y° looped is dropped "
+        "(degenerate_chosen, degenerate_original); a looping y- is kept and flagged.",
+    )
 
 
 def _delta(a: float | None, b: float | None, fmt: str) -> str:
@@ -212,7 +234,26 @@ def compare_sections(a: Build, b: Build) -> list[Section]:
         ),
         Section("W and π̃", columns, figures),
         Section("Answer lengths (tokens)", columns, lengths),
+        Section(
+            "Degenerate answers (loops)",
+            columns,
+            _degenerate_rows(sa["degenerate"], sb["degenerate"]),
+            empty="Not recorded in either build.",
+        ),
+        *_audit_compare_sections(a, b, columns),
     ]
+
+
+def _degenerate_rows(a: dict[str, dict[str, int]] | None, b: dict[str, dict[str, int]] | None) -> list[list[str]]:
+    if a is None and b is None:
+        return []
+    rows = []
+    for role in ROLES:
+        for key, label in DEGENERATE_COLUMNS.items():
+            na = None if a is None else a[role][key]
+            nb = None if b is None else b[role][key]
+            rows.append([f"{role} ({ROLE_SIGN[role]}) · {label}", _text(na), _text(nb), _delta(na, nb, "+.0f")])
+    return rows
 
 
 def _rows_cell(n: int | None) -> str:
@@ -223,6 +264,157 @@ def _ordered_keys(*mappings: dict[str, Any]) -> list[str]:
     keys = list(dict.fromkeys(k for m in mappings for k in m))
     rank = {c: i for i, c in enumerate(ordered_configs({k.split(" / ")[0] for k in keys}))}
     return sorted(keys, key=lambda k: (rank[k.split(" / ")[0]], k.split(" / ")[1] != "train", k))
+
+
+# --- the audit ------------------------------------------------------------------------------------------------
+
+
+def _f3(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def _share(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.1f} %"
+
+
+def _accuracy(group: dict[str, Any] | None) -> str:
+    """'accuracy (rows)' of a group of verdicts."""
+    return MISSING if not group else f"{_f3(group['accuracy'])} ({group['rows']})"
+
+
+def _interval(ci: tuple[float, float] | list[float] | None) -> str:
+    return MISSING if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
+# (label, figure) of the verdict table: every figure of `ssogen.audit_summary.summarize_pair` shown per pair.
+VERDICT_ROWS: list[tuple[str, Any]] = [
+    ("rows judged", lambda f: str(f["rows"])),
+    ("accuracy (P > 0.5)", lambda f: _f3(f["accuracy"])),
+    ("95 % CI (Wilson)", lambda f: _interval(f["ci"])),
+    ("mean P(preferred ≻ other)", lambda f: _f3(f["mean_p"])),
+    ("mean margin", lambda f: _f3(f["mean_margin"])),
+    ("position-inconsistent", lambda f: _share(f["inconsistent"])),
+    ("P(first shown wins)", lambda f: _f3(f["first_position"])),
+    (
+        "position-consistent rows: accuracy (rows)",
+        lambda f: MISSING if f["inconsistent"] is None else _accuracy(f["consistent"]),
+    ),
+    ("probability on the two labels", lambda f: _f3(f["label_mass"])),
+    ("similar length (±25 %): accuracy (rows)", lambda f: _accuracy(f["similar_length"])),
+    ("preferred answer longer", lambda f: _share(f["preferred_longer_share"])),
+    ("accuracy where preferred is longer (rows)", lambda f: _accuracy(f["preferred_longer"])),
+    ("accuracy where it is not (rows)", lambda f: _accuracy(f["preferred_not_longer"])),
+]
+
+
+def _audit_overview(build: Build) -> list[list[str]]:
+    meta = build.audit_meta
+    judge, rows, cost = meta.get("judge", {}), meta.get("rows", {}), meta.get("cost", {})
+    kind = judge.get("kind", MISSING) + (", self-judging" if judge.get("self_judging") else "")
+    skipped = rows.get("skipped_too_long") or {}
+    start = cost.get("engine_start_seconds")
+    template = MISSING
+    if judge.get("template"):
+        template = f"{judge['template']} ({judge.get('template_hash')}), labels {' / '.join(judge.get('labels') or [])}"
+    return [
+        ["judge", f"{judge.get('model', MISSING)} ({kind})"],
+        ["template", template],
+        [
+            "rows audited",
+            f"{rows.get('audited', MISSING)} of {rows.get('kept_in_build', MISSING)} kept "
+            f"({rows.get('selection', MISSING)})",
+        ],
+        ["left out (too long for the judge)", ", ".join(f"{p}: {n}" for p, n in skipped.items()) or "0"],
+        [
+            "audit cost",
+            f"{cost.get('prompts', MISSING)} prompts, {cost.get('prompt_tokens', MISSING)} prompt tokens "
+            f"(prefill only) in {cost.get('judge_seconds', MISSING)} s"
+            + (f" + {start} s engine start" if start is not None else ""),
+        ],
+        [
+            "build, same rows",
+            f"{cost.get('build_generated_tokens', MISSING)} tokens generated; "
+            + (
+                f"{cost['build_seconds']} s"
+                if cost.get("build_seconds") is not None
+                else "time not recorded in the folder"
+            ),
+        ],
+    ]
+
+
+def audit_sections(build: Build) -> list[Section]:
+    """The audit of a build as tables: how it was run, the verdicts per pair, by W quartile and by feature."""
+    pairs = build.audit_summary
+    if not pairs:
+        return []
+    labels = [f["label"] for f in pairs.values()]
+    first = next(iter(pairs.values()))
+    quartiles = []
+    for i, q in enumerate(first["by_weight"]):
+        cells = [_accuracy(f["by_weight"][i]) if i < len(f["by_weight"]) else MISSING for f in pairs.values()]
+        quartiles.append([q["quartile"], f"{q['low']:.4f}–{q['high']:.4f}", *cells])
+    features = list(dict.fromkeys(name for f in pairs.values() for name in f["by_feature"]))
+    return [
+        Section("Audit", ["", build.label], _audit_overview(build)),
+        Section(
+            "Audit verdicts",
+            ["", *labels],
+            [[label, *(figure(f) for f in pairs.values())] for label, figure in VERDICT_ROWS],
+            note="Accuracy: share of rows with P(preferred ≻ other) > 0.5. Position-inconsistent: the two orders "
+            "picked different answers. P(first shown wins) is 0.5 for a judge without position bias.",
+        ),
+        Section(
+            "Audit accuracy by W quartile (rows)",
+            ["W quartile", "W range", *labels],
+            quartiles,
+            note="Does W rise where the judge agrees? Quartiles of the audited rows' W, lowest first.",
+        ),
+        Section(
+            "Audit accuracy by feature (rows)",
+            ["feature", *labels],
+            [[name, *(_accuracy(f["by_feature"].get(name)) for f in pairs.values())] for name in features],
+        ),
+    ]
+
+
+def _audit_compare_sections(a: Build, b: Build, columns: list[str]) -> list[Section]:
+    if not a.audit_summary and not b.audit_summary:
+        return []
+    judges = [(x.audit_meta.get("judge") or {}).get("model", MISSING) if x.audit_summary else MISSING for x in (a, b)]
+    rows = [["judge", *judges, ""]]
+    features = []
+    numeric = {"accuracy (P > 0.5)", "mean P(preferred ≻ other)", "position-inconsistent", "P(first shown wins)"}
+    for pair in dict.fromkeys([*a.audit_summary, *b.audit_summary]):
+        fa, fb = a.audit_summary.get(pair), b.audit_summary.get(pair)
+        label = (fa or fb or {})["label"]
+        for name, figure in VERDICT_ROWS:
+            va, vb = (figure(f) if f else MISSING for f in (fa, fb))
+            delta = ""
+            if name in numeric and MISSING not in (va, vb):
+                delta = _delta(_number(va), _number(vb), "+.1f" if va.endswith("%") else "+.3f")
+                delta += " pp" if va.endswith("%") else ""
+            rows.append([f"{label} · {name}", va, vb, delta])
+        names = dict.fromkeys([*((fa or {}).get("by_feature") or {}), *((fb or {}).get("by_feature") or {})])
+        for name in names:
+            ga, gb = ((f or {}).get("by_feature", {}).get(name) for f in (fa, fb))
+            delta = _delta(ga["accuracy"], gb["accuracy"], "+.3f") if ga and gb else MISSING
+            features.append([f"{name} · {label}", _accuracy(ga), _accuracy(gb), delta])
+    return [
+        Section("Audits side by side", columns, rows),
+        Section("Audit accuracy by feature (rows)", columns, features),
+    ]
+
+
+def _number(cell: str) -> float:
+    return float(cell.split()[0])
+
+
+def audit_table(build: Build) -> Group:
+    """`ssogen audit`'s terminal output: the audit's tables of one build."""
+    parts: list[RenderableType] = [Text(f"ssogen audit: {build.label}", style="bold"), Text("")]
+    parts += [_rich(s) for s in audit_sections(build)]
+    return Group(*parts)
 
 
 # --- rich tables ----------------------------------------------------------------------------------------------
@@ -247,9 +439,7 @@ def _rich(section: Section) -> RenderableType:
 def summary_table(build: Build) -> Group:
     """The summary of one build for the terminal: counts, drops, features, W, π̃, lengths, truncation."""
     parts: list[RenderableType] = [Text(f"ssogen inspect: {build.label}", style="bold")]
-    message = build.message()
-    if message:
-        parts.append(Text(message, style="bold yellow"))
+    parts += [Text(message, style="bold yellow") for message in build.messages()]
     parts.append(Text(""))
     parts += [_rich(s) for s in sections(build)]
     return Group(*parts)
@@ -260,9 +450,7 @@ def compare_table(a: Build, b: Build) -> Group:
     head_a, head_b = distinct_names(a, b)
     parts: list[RenderableType] = [Text(f"ssogen inspect: {head_a} vs {head_b}", style="bold")]
     for head, build in ((head_a, a), (head_b, b)):
-        message = build.message()
-        if message:
-            parts.append(Text(f"{head.split(':')[0]}: {message}", style="bold yellow"))
+        parts += [Text(f"{head.split(':')[0]}: {m}", style="bold yellow") for m in build.messages()]
     parts.append(Text(""))
     parts += [_rich(s) for s in compare_sections(a, b)]
     return Group(*parts)
