@@ -94,17 +94,21 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def weight_quartiles(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Verdicts grouped by W into four groups of (nearly) equal size, lowest W first, each with its W range."""
+    """Verdicts grouped by W into four groups of (nearly) equal size, lowest W first, each with its W range.
+
+    Ranks 1..n are cut at the quartiles of the ranks, as ``pandas.qcut(ranks, 4)`` cuts them (ties in W are
+    broken by prompt_id, so a group never depends on row order).
+    """
     ordered = sorted(rows, key=lambda r: (r["weight"], r["prompt_id"]))
     n = len(ordered)
-    groups = []
-    for q in range(4):
-        part = ordered[q * n // 4 : (q + 1) * n // 4]
-        if part:
-            groups.append(
-                {"quartile": f"Q{q + 1}", "low": part[0]["weight"], "high": part[-1]["weight"], **_group(part)}
-            )
-    return groups
+    parts: list[list[dict[str, Any]]] = [[], [], [], []]
+    for rank, row in enumerate(ordered, start=1):
+        parts[next(q for q in range(4) if rank <= 1 + (n - 1) * (q + 1) / 4)].append(row)
+    return [
+        {"quartile": f"Q{q + 1}", "low": part[0]["weight"], "high": part[-1]["weight"], **_group(part)}
+        for q, part in enumerate(parts)
+        if part
+    ]
 
 
 def summarize_pair(rows: list[dict[str, Any]]) -> dict[str, Any]:

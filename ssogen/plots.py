@@ -207,7 +207,8 @@ def _plot_audit(builds: list[tuple[str, Build]], path: Path) -> Path:
     by_weight.set_xticks(range(4), ["Q1 (low W)", "Q2", "Q3", "Q4 (high W)"])
     by_weight.set_ylabel("accuracy (P > 0.5)")
     by_weight.set_title("Accuracy by W quartile (95 % Wilson interval)")
-    by_weight.legend(fontsize="small", loc="upper center", bbox_to_anchor=(-0.1, -0.12), ncols=2)
+    handles, labels = by_weight.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="small", loc="outside lower center", ncols=2)
     return _save(fig, path)
 
 

@@ -28,6 +28,8 @@ CONFIG_ORDER = ("sso", "dpo", "steer_pos", "steer_neg", "reward", "sso_reference
 HUB_PATTERNS = ["data/sso/*", "data/dropped/*", f"data/{AUDIT_CONFIG}/*", SETTINGS_FILE, AUDIT_FILE, "README.md"]
 # The columns summarize() reads; a data/sso without them was not written by this ssogen.
 NEEDED_COLUMNS = ("features", "weight", "truncated", *(f"{k}_{r}" for k in ("logp", "tokens") for r in ROLES))
+# An audit whose judge disagrees with itself across the two orders on more than this share is flagged.
+POSITION_WARNING_SHARE = 0.5
 _SHARD = re.compile(r"^(?P<split>.+?)-\d+-of-\d+\.parquet$")
 
 
@@ -106,6 +108,13 @@ class Build:
             f"warning: the feature {w['feature']} steers {100 * w['share']:.1f} % of the kept rows "
             f"({w['rows']} of {self.kept}): the feature selection barely depends on the query"
             for w in self.summary["feature_warnings"]
+        ]
+        warnings += [
+            f"warning: audit, {f['label']}: the judge picked different answers in the two orders on "
+            f"{100 * f['inconsistent']:.0f} % of the rows; its verdicts mostly follow position, so read its "
+            "accuracy with care"
+            for f in self.audit_summary.values()
+            if f["inconsistent"] is not None and f["inconsistent"] > POSITION_WARNING_SHARE
         ]
         return [empty] if empty else warnings
 

@@ -412,8 +412,9 @@ def _number(cell: str) -> float:
 
 def audit_table(build: Build) -> Group:
     """`ssogen audit`'s terminal output: the audit's tables of one build."""
-    parts: list[RenderableType] = [Text(f"ssogen audit: {build.label}", style="bold"), Text("")]
-    parts += [_rich(s) for s in audit_sections(build)]
+    parts: list[RenderableType] = [Text(f"ssogen audit: {build.label}", style="bold")]
+    parts += [Text(m, style="bold yellow") for m in build.messages() if m.startswith("warning: audit,")]
+    parts += [Text(""), *(_rich(s) for s in audit_sections(build))]
     return Group(*parts)
 
 

@@ -263,11 +263,12 @@ def reward_model(tmp_path_factory, bundled_model) -> Path:
     return folder
 
 
-def test_reward_model_scores_each_answer_through_the_pooling_runner(built_folder, reward_model, tmp_path):
+def test_reward_model_scores_each_answer_through_the_pooling_runner(built_folder_seed1, reward_model, tmp_path):
     import torch
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    folder = copy_build(built_folder, tmp_path / "out")
+    # The second build (requested here, before the session's engine starts, so its build runs alone).
+    folder = copy_build(built_folder_seed1, tmp_path / "out")
     options = AuditOptions(
         target=str(folder), judge=str(reward_model), judge_kind="reward", limit=4, dtype="float32", enforce_eager=True
     )
@@ -298,8 +299,11 @@ def test_reward_model_scores_each_answer_through_the_pooling_runner(built_folder
 
 
 @pytest.fixture(scope="module")
-def audited(built_folder, engine, tmp_path_factory) -> Path:
-    """A copy of the shared build, audited by its own policy on every row."""
+def audited(built_folder, built_folder_seed1, engine, tmp_path_factory) -> Path:
+    """A copy of the shared build, audited by its own policy on every row.
+
+    Asks for the second build before the session's engine, so that build's own engine never runs beside it.
+    """
     folder = copy_build(built_folder, tmp_path_factory.mktemp("audited") / "out")
     run_audit(AuditOptions(target=str(folder)), console=QUIET, engine=engine)
     return folder
@@ -425,3 +429,29 @@ def test_card_plots_folder_gets_the_audit_plot(built_folder, engine, tmp_path):
     assert_real_png(folder / "plots" / "audit.png")
     assert "![plots/audit.png](plots/audit.png)" in (folder / "README.md").read_text()
     assert yaml.safe_load((folder / "audit.yaml").read_text())["rows"]["audited"] == 2
+
+
+def test_inspect_warns_when_the_judge_mostly_follows_position(tmp_path):
+    from ssogen.audit import write_audit
+
+    folder = synthetic_build(tmp_path / "b", n=4)
+
+    def verdicts(consistent: list[bool]) -> list[dict]:
+        return [
+            {
+                "prompt_id": make_record(i)["prompt_id"], "pair": "main", "preferred": "chosen", "other": "rejected",
+                "p": 0.6, "agrees": True, "margin": 0.4, "p_preferred_first": 0.9,
+                "p_preferred_second": 0.6 if ok else 0.3, "position_consistent": ok, "label_mass": 0.8,
+                "tokens_preferred": 3, "tokens_other": 4, "weight": 0.6, "features": ["Safety"],
+                "judge": "j", "judge_kind": "pairwise", "round": 0, "split": "train",
+            }
+            for i, ok in enumerate(consistent)
+        ]  # fmt: skip
+
+    write_audit(folder, verdicts([False, False, False, True]), {"judge": {"model": "j", "kind": "pairwise"}})
+    text = inspect_text(folder)
+    assert "warning: audit, main pair: y+ ≻ y-: the judge picked different answers in the two orders on 75 %" in text
+    assert number(cell(text, "Audit verdicts", "position-inconsistent", "main pair: y+ ≻ y-")) == 75.0
+    write_audit(folder, verdicts([False, True, True, True]), {"judge": {"model": "j", "kind": "pairwise"}})
+    assert "warning: audit" not in inspect_text(folder)
+    assert [p.name for p in (folder / "data" / "audit").iterdir()] == ["train-00000-of-00001.parquet"]
