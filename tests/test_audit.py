@@ -165,7 +165,7 @@ def test_wilson_interval_matches_published_values():
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
     low, high = wilson_interval(15, 148)
     assert (round(low, 4), round(high, 4)) == (0.0624, 0.1605)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert all(wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0 for n in range(1, 50))
     assert wilson_interval(0, 0) is None
 
 
@@ -434,7 +434,7 @@ def test_card_plots_folder_gets_the_audit_plot(built_folder, engine, tmp_path):
 def test_inspect_warns_when_the_judge_mostly_follows_position(tmp_path):
     from ssogen.audit import write_audit
 
-    folder = synthetic_build(tmp_path / "b", n=4)
+    folder = synthetic_build(tmp_path / "b", n=12)
 
     def verdicts(consistent: list[bool]) -> list[dict]:
         return [
@@ -448,10 +448,16 @@ def test_inspect_warns_when_the_judge_mostly_follows_position(tmp_path):
             for i, ok in enumerate(consistent)
         ]  # fmt: skip
 
-    write_audit(folder, verdicts([False, False, False, True]), {"judge": {"model": "j", "kind": "pairwise"}})
-    text = inspect_text(folder)
+    # Quartiles of 3 rows: where a computed Wilson bound of 0 of 3 (or 3 of 3) would miss 0 (or 1) by a rounding.
+    write_audit(folder, verdicts([False] * 9 + [True] * 3), {"judge": {"model": "j", "kind": "pairwise"}})
+    report = tmp_path / "report"
+    text = inspect_text(folder, report=report)
+    assert_real_png(report / "audit.png")  # every verdict agrees: accuracy 1 in every quartile still draws
     assert "warning: audit, main pair: y+ ≻ y-: the judge picked different answers in the two orders on 75 %" in text
     assert number(cell(text, "Audit verdicts", "position-inconsistent", "main pair: y+ ≻ y-")) == 75.0
-    write_audit(folder, verdicts([False, True, True, True]), {"judge": {"model": "j", "kind": "pairwise"}})
-    assert "warning: audit" not in inspect_text(folder)
+    assert cell(text, "Audit verdicts", "95 % CI (Wilson)", "main pair: y+ ≻ y-") == "0.758–1.000"
+    disagreeing = [{**v, "p": 0.4, "agrees": False} for v in verdicts([False] * 3 + [True] * 9)]
+    write_audit(folder, disagreeing, {"judge": {"model": "j", "kind": "pairwise"}})
+    assert "warning: audit" not in inspect_text(folder, report=report)
+    assert_real_png(report / "audit.png")  # accuracy 0 everywhere draws too
     assert [p.name for p in (folder / "data" / "audit").iterdir()] == ["train-00000-of-00001.parquet"]
