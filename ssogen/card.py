@@ -18,6 +18,8 @@ from ssogen.library import Templates
 
 ROLES = ("chosen", "rejected", "original")
 PAPER = "https://arxiv.org/abs/2410.17131"
+# A feature on more than this share of the kept rows is warned about: the selection did not fit the queries.
+FEATURE_WARNING_SHARE = 0.9
 
 
 def _quantiles(values: list[float]) -> dict[str, float]:
@@ -62,7 +64,34 @@ def summarize(records: pa.Table, dropped: pa.Table) -> dict[str, Any]:
         "pi_gap": _quantiles([c - r for c, r in zip(pi["chosen"], pi["rejected"], strict=True)]),
         "tokens": {role: _quantiles([float(t) for t in column(f"tokens_{role}")]) for role in ROLES},
         "truncated_share": (sum(column("truncated")) / kept) if kept else 0.0,
+        "degenerate": degenerate_counts(records, dropped),
+        "feature_warnings": [
+            {"feature": name, "rows": n, "share": n / kept}
+            for name, n in features.most_common()
+            if n / kept > FEATURE_WARNING_SHARE
+        ],
     }
+
+
+def degenerate_counts(records: pa.Table, dropped: pa.Table) -> dict[str, dict[str, int]] | None:
+    """Answers judged degenerate loops, per role: flagged in kept rows, of which the engine stopped, and in drops.
+
+    A dropped query records only its reason (``degenerate_chosen`` / ``degenerate_original``), so it counts
+    for that role alone. None for a build made before loops were recorded (no ``degenerate_*`` columns).
+    """
+    if not all(f"degenerate_{role}" in records.column_names for role in ROLES):
+        return None
+    reasons = Counter(dropped.column("reason").to_pylist())
+    counts = {}
+    for role in ROLES:
+        finish = records.column(f"finish_{role}").to_pylist() if f"finish_{role}" in records.column_names else []
+        counts[role] = {
+            "kept": sum(1 for flag in records.column(f"degenerate_{role}").to_pylist() if flag),
+            "stopped": sum(1 for f in finish if f == "repetition"),
+            "dropped": reasons.get(f"degenerate_{role}", 0),
+        }
+        counts[role]["total"] = counts[role]["kept"] + counts[role]["dropped"]
+    return counts
 
 
 def size_category(n: int) -> str:
@@ -116,8 +145,9 @@ def render_card(
     parent: str | None,
     license: str,
     plots: list[str] | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> str:
-    """The README.md of the dataset folder."""
+    """The README.md of the dataset folder; ``audit`` ({meta, pairs}, see `ssogen.audit`) adds its section."""
     summary = summarize(records, dropped)
     examples = [
         {
@@ -147,5 +177,6 @@ def render_card(
         paper=PAPER,
         version=settings.get("ssogen_version", ""),
         plots=plots or [],
+        audit=audit if audit and audit.get("pairs") else None,
     )
     return f"---\n{header}---\n\n{body}\n"

@@ -1,4 +1,4 @@
-"""The command line: ``ssogen build`` and ``ssogen push`` (also ``python -m ssogen``).
+"""The command line: ``ssogen build``, ``push``, ``inspect``, ``audit``, ``merge``, ``bench`` (``python -m ssogen``).
 
 Owns: turning `BuildConfig`'s documented fields into flags (a YAML ``--config`` first, flags on top),
 logging set-up, and mapping errors to exit codes: 2 for bad settings or input (a message, no
@@ -79,6 +79,8 @@ def make_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--report", type=Path, default=None, help="Write an HTML report with PNG plots here.")
     inspect.add_argument("--compare", default=None, help="Another build (e.g. the previous round) to put beside it.")
 
+    _add_audit_parser(commands, common)
+
     merge = commands.add_parser("merge", parents=[common], help="Combine shard folders of one build into one dataset.")
     merge.add_argument(
         "folders", nargs="+", type=Path, help="Folders written by `ssogen build` (shards or partial runs)."
@@ -112,6 +114,47 @@ def make_parser() -> argparse.ArgumentParser:
         help="Delete or replace files in the repo that ssogen did not publish (the push lists them otherwise).",
     )
     return parser
+
+
+def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    audit = commands.add_parser(
+        "audit",
+        parents=[common],
+        help="Judge whether a build's pairs are right (pairwise judge or reward model), before training on them.",
+    )
+    audit.add_argument("target", help="A folder written by `ssogen build`, or a Hub dataset id (ORG/NAME).")
+    audit.add_argument("--judge", default=None, help="Judge model: folder or Hub id (default: the build's own policy).")
+    audit.add_argument(
+        "--judge-kind",
+        choices=("pairwise", "reward"),
+        default="pairwise",
+        help="pairwise: a chat model's verdict in both orders; reward: a sequence-classification reward model.",
+    )
+    subset = audit.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, default=None, help="Judge only the first N rows.")
+    subset.add_argument("--sample", type=int, default=None, help="Judge N rows drawn at random (seeded by --seed).")
+    audit.add_argument("--seed", type=int, default=0, help="Seed of --sample (default: 0).")
+    audit.add_argument("--prompts", type=Path, default=None, help="Folder holding your audit_pairwise.j2.")
+    audit.add_argument(
+        "--output", type=Path, default=None, help="Write the audited dataset here (required for a Hub id)."
+    )
+    audit.add_argument(
+        "--push",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="ORG/NAME",
+        help="Publish the folder with its audit (default id: the build's --push-to-hub, or the Hub target).",
+    )
+    audit.add_argument("--private", action="store_true", help="Create the Hub repository as private.")
+    audit.add_argument("--revision", default=None, help="Hub branch to commit to (default: main).")
+    audit.add_argument("--overwrite-round", action="store_true", help="Move the round-<r> tag to the new commit.")
+    audit.add_argument("--dtype", default="auto", help="Judge dtype for vLLM (default: auto).")
+    audit.add_argument("--max-model-len", type=int, default=None, help="Judge context (default: what prompts need).")
+    audit.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for the judge engine.")
+    audit.add_argument("--gpu-memory-utilization", type=float, default=None, help="As for `ssogen build`.")
+    audit.add_argument("--enforce-eager", action="store_true", help="Skip graph compilation: faster start.")
+    audit.add_argument("--trust-remote-code", action="store_true", help="Allow the judge's own Python code.")
 
 
 def build_config(args: argparse.Namespace) -> BuildConfig:
@@ -248,6 +291,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.target, args.report, args.compare)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from dataclasses import fields as dataclass_fields
+
+    from ssogen.audit import AuditOptions, run_audit
+
+    run_audit(AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)}))
+    return 0
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from ssogen.merge import merge
 
@@ -313,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": _cmd_bench,
         "merge": _cmd_merge,
         "inspect": _cmd_inspect,
+        "audit": _cmd_audit,
     }
     try:
         return handlers[args.command](args)

@@ -566,3 +566,39 @@ def _engine_output_to(log_file: str | None) -> Iterator[None]:
         target.handlers = [handler]
         target.propagate = False
         target.setLevel(_logging.INFO)
+
+
+class RewardEngine(Engine):
+    """A sequence-classification reward model on vLLM's pooling runner: one score per conversation.
+
+    vLLM picks the pooling runner by itself for a ``*ForSequenceClassification`` checkpoint, so the engine is
+    built exactly as `Engine` builds one; the caller checks the architecture first (`ssogen.audit`).
+    """
+
+    def __init__(self, settings: EngineSettings) -> None:
+        super().__init__(settings)
+        runner = self.llm.llm_engine.vllm_config.model_config.runner_type
+        if runner != "pooling":
+            self.close()
+            raise EngineError(f"{settings.model} loaded with vLLM's {runner} runner, not as a pooling (reward) model")
+
+    def rewards(self, prompts: Sequence[list[int]], desc: str = "reward") -> list[float]:
+        """The raw score (logit, no sigmoid) of each tokenised conversation, in one call."""
+        from vllm.pooling_params import PoolingParams
+
+        started = time.perf_counter()
+        try:
+            outputs = self.llm.classify(
+                [_tokens(ids) for ids in prompts], pooling_params=PoolingParams(use_activation=False), use_tqdm=False
+            )
+        except Exception as exc:
+            raise self.failure(desc, exc) from exc
+        self.stats.score_seconds += time.perf_counter() - started
+        self.stats.scored_tokens += sum(len(ids) for ids in prompts)
+        scores = []
+        for out in outputs:
+            values = list(out.outputs.probs)
+            if len(values) != 1:
+                raise EngineError(f"{self.settings.model} gives {len(values)} scores per input; a reward model gives 1")
+            scores.append(float(values[0]))
+        return scores

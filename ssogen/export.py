@@ -86,6 +86,12 @@ def export_folder(
     counted). None orders rows by prompt_id (for a merge whose query list cannot be read again).
     """
     staging = swap.staging_dir(folder.root)
+    if (folder.root / "audit.yaml").is_file():
+        logger.warning(
+            "the audit of %s judged its previous export and is removed with it; run `ssogen audit %s` again",
+            folder.root,
+            folder.root,
+        )
     try:
         result, card = _write(folder, order, staging, seed, test_size, limits)
         _write_card(folder, staging, result, card, templates, settings, license, repo_id, parent, card_plots)
@@ -280,5 +286,3 @@ def _write_card(
         plots=plots,
     )
     atomic_write_bytes(staging / "README.md", text.encode("utf-8"))
-
-

@@ -109,7 +109,8 @@ def _join_and(words: list[str]) -> str:
 class Templates:
     """Sandboxed renderer for the prompt templates of one folder."""
 
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, required: tuple[str, ...] = TEMPLATES) -> None:
+        """``required``: the templates checked at once (a command that needs only its own names just those)."""
         self.folder = folder or resource_dir("prompts")
         if not self.folder.is_dir():
             raise UsageError(f"--prompts: {self.folder} is not a folder of Jinja templates.")
@@ -120,7 +121,7 @@ class Templates:
             autoescape=False,
         )
         self.env.filters["join_and"] = _join_and
-        for name in TEMPLATES:
+        for name in required:
             self._load(name)
 
     def _load(self, name: str) -> Any:

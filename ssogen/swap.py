@@ -24,8 +24,9 @@ STAGING = ".ssogen/export-new"
 RETIRED = ".ssogen/export-old"
 MANIFEST = "manifest.json"
 # What an export owns at the top of the folder, in the order of the swap: the card, which lists data/'s
-# configs, comes last.
-VISIBLE = ("data", "plots", "dataset_info.json", "README.md")
+# configs, comes last. audit.yaml belongs to the audit of the previous export (`ssogen audit`): the new data/
+# holds no audit, so it is retired with it.
+VISIBLE = ("data", "plots", "dataset_info.json", "audit.yaml", "README.md")
 
 
 def staging_dir(root: Path) -> Path:

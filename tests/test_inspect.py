@@ -326,7 +326,14 @@ def test_hub_dataset_id_downloads_only_what_inspect_reads_and_is_labelled_by_the
         {
             "repo_id": "someone/sso-round0",
             "repo_type": "dataset",
-            "allow_patterns": ["data/sso/*", "data/dropped/*", "ssogen.yaml", "README.md"],
+            "allow_patterns": [
+                "data/sso/*",
+                "data/dropped/*",
+                "data/audit/*",
+                "ssogen.yaml",
+                "audit.yaml",
+                "README.md",
+            ],
         }
     ]
     assert build.label.startswith("someone/sso-round0 (round ")
@@ -343,3 +350,67 @@ def test_cli_inspect_prints_the_summary_and_writes_the_report(built_folder, tmp_
     assert "W and π̃" in result.stdout and (tmp_path / "report" / "index.html").is_file()
     missing = run_cli("inspect", str(tmp_path / "nothing-here"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+# --- loops and features that ignore the query (issue 14: the card and inspect) -------------------------------
+
+
+def card_of(folder: Path) -> str:
+    from ssogen.card import render_card
+    from ssogen.config import BuildConfig
+    from ssogen.library import Templates
+    from ssogen.models import ModelRef
+    from ssogen.pipeline import run_settings
+
+    build = load_build(str(folder))
+    settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))
+    counts = {c: {s: n or 0 for s, n in splits.items()} for c, splits in build.counts.items()}
+    return render_card(
+        Templates(None), records=build.sso, dropped=build.dropped, counts=counts, settings=settings,
+        repo_id=None, parent=None, license="other",
+    )  # fmt: skip
+
+
+def test_degenerate_answers_are_counted_by_role_in_inspect_and_the_card(tmp_path: Path):
+    records = [
+        record(i, degenerate_rejected=i < 3, finish_rejected="repetition" if i < 2 else "stop") for i in range(6)
+    ]
+    reasons = ["degenerate_chosen", "degenerate_chosen", "degenerate_original", "empty answer"]
+    folder = write_build(tmp_path / "b", records, [dropped_row(i, r) for i, r in enumerate(reasons)])
+    text = inspect_text(folder)
+    header, rows = table(text, "Degenerate answers (loops)")
+    assert header == ["role", "in kept rows", "of which stopped by the engine", "in dropped queries", "total"]
+    assert rows == {
+        "chosen (y+)": ["0", "0", "2", "2"],
+        "rejected (y-)": ["3", "2", "0", "3"],
+        "original (y°)": ["0", "0", "1", "1"],
+    }
+    card = card_of(folder)
+    for line in ("| chosen | 0 | 0 | 2 | 2 |", "| rejected | 3 | 2 | 0 | 3 |", "| original | 0 | 0 | 1 | 1 |"):
+        assert line in card, line
+
+    # A build made before loops were recorded says so instead of printing zeros.
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    path = next((old / "data" / "sso").glob("*.parquet"))
+    table_ = pq.read_table(path)
+    pq.write_table(table_.drop_columns([f"degenerate_{r}" for r in ROLES]), path)
+    assert "Not recorded: this build has no degenerate_* columns" in inspect_text(old)
+    assert "| role | in kept rows |" not in card_of(old)
+
+
+def test_a_feature_on_more_than_90_percent_of_kept_rows_is_warned_in_inspect_the_report_and_the_card(tmp_path: Path):
+    # Helpfulness on 10 of 10 rows (warned); Safety on 9 of 10, exactly 90 % (not more: no warning).
+    records = [record(i, features=["Helpfulness", "Safety" if i < 9 else "Accuracy"]) for i in range(10)]
+    folder = write_build(tmp_path / "b", records, [])
+    report = tmp_path / "report"
+    text = inspect_text(folder, report=report)
+    warning = "the feature Helpfulness steers 100.0 % of the kept rows (10 of 10)"
+    assert warning in text and "the feature Safety steers" not in text
+    assert warning in (report / "index.html").read_text(encoding="utf-8")
+    card = card_of(folder)
+    assert "**Warning:** the feature Helpfulness steers 100.0 % of the kept rows (10 of 10)" in card
+    assert "the feature Safety steers" not in card
+
+    varied = write_build(tmp_path / "v", [record(i, features=[f"F{i % 3}"]) for i in range(9)], [])
+    assert "warning" not in inspect_text(varied) and "**Warning:**" not in card_of(varied)
