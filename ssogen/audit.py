@@ -574,7 +574,7 @@ def run_audit(options: AuditOptions, *, console: Console | None = None, engine: 
             revision=options.revision,
             overwrite_round=options.overwrite_round,
         )
-        console.print(Text(f"published {result.repo_id} at {result.revision} (tag {result.tag})"))
+        console.print(Text(result.line()))
     return AuditResult(folder, written.audit, meta, written)
 
 

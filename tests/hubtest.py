@@ -120,15 +120,18 @@ def built_folder(
     from ssogen.library import Templates
     from ssogen.models import ModelRef
     from ssogen.plan import run_settings
-    from ssogen.store import OutputFolder
+    from ssogen.store import OutputFolder, ids_digest
     from tests.conftest import make_record
 
     config = BuildConfig(output=root, round=round_, push_to_hub=push_to_hub, **settings)
     folder = OutputFolder(root)
-    run = run_settings(config, ModelRef(path="m", name="m", revision="r"), Templates(None))
-    folder.prepare(run, overwrite=False)
     rows = [{**make_record(first + i, round=round_), "drop_reason": None} for i in range(kept)]
     rows += [{**make_record(first + 100 + i), "drop_reason": "empty_answer"} for i in range(dropped)]
+    # Recorded as built from a synthetic query list (not the bundled one its settings name), the same for
+    # every folder made here, so that two of them merge as shards of one build.
+    queries_hash = ids_digest(f"{i:016x}" for i in range(1000))
+    run = run_settings(config, ModelRef(path="m", name="m", revision="r"), Templates(None), queries_hash)
+    folder.prepare(run, overwrite=False)
     if not folder.chunk_files():  # called again on a built folder: re-export it, as a re-run build does
         folder.write_chunk(rows)
     if export:

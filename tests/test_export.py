@@ -134,9 +134,11 @@ def test_files_are_cut_at_a_fixed_size_with_hub_names_bounded_row_groups_and_all
         assert {s: len(d) for s, d in dataset.items()} == result.counts[config]
     assert len(result.files["sso"]["train"]) > 2  # the limits above did cut files
     info = json.loads((root / "dataset_info.json").read_text())
-    assert sorted(e["file_name"] for e in info.values()) == [
-        f"data/sso_reference/{name}" for name in result.files["sso_reference"]["train"]
-    ]
+    # One LLaMA-Factory entry per file of every split (it reads one file per entry).
+    assert sorted(e["file_name"] for e in info.values()) == sorted(
+        f"data/sso_reference/{name}" for names in result.files["sso_reference"].values() for name in names
+    )
+    assert all(e["formatting"] == "sso" for e in info.values())
 
 
 KILLABLE_EXPORT = """

@@ -360,7 +360,7 @@ def card_of(folder: Path) -> str:
     from ssogen.config import BuildConfig
     from ssogen.library import Templates
     from ssogen.models import ModelRef
-    from ssogen.pipeline import run_settings
+    from ssogen.plan import run_settings
 
     build = load_build(str(folder))
     settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))

@@ -19,6 +19,7 @@ import pytest
 from huggingface_hub import HfApi, snapshot_download
 
 from ssogen.errors import PublishError, UsageError
+from ssogen.lock import LOCK_FILE
 from ssogen.publish import push_folder, validate_repo_id
 from tests.hubtest import REPO, TOKEN, Hub
 
@@ -60,13 +61,18 @@ def local_files(folder: Path) -> dict[str, bytes]:
 
 
 def digests(folder: Path) -> dict[str, tuple[str, float]]:
-    """Content hash and mtime of every entry: a file written, added or removed changes it."""
+    """Content hash and mtime of every entry: a file written, added or removed changes it.
+
+    Except the folder's lock (`ssogen.lock`), which every command on the folder takes, a push included.
+    """
+    lock = folder / LOCK_FILE
     return {
         p.relative_to(folder).as_posix(): (
             hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
             p.stat().st_mtime,
         )
         for p in sorted([folder, *folder.rglob("*")])
+        if p not in (lock, lock.parent)
     }
 
 
