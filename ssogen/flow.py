@@ -14,19 +14,28 @@ Also the per-engine set-up the stages share (the ranked selection's calibration)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import logging
 import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ssogen.engine import Completion, Engine, Request
+from ssogen.errors import WriteError
+from ssogen.files import atomic_write_bytes
+from ssogen.models import cache_dir
 from ssogen.plan import Plan
 from ssogen.sources import Query
 from ssogen.stages import ROLES, Ask, Row, Scoring, Setup, Stages, query_stages
 from ssogen.steer import mean_scores, name_token_ids, selection_prompt
+
+logger = logging.getLogger(__name__)
 
 STREAM = "ssogen"  # names the engine requests
 # Sequences kept in flight per engine slot: one step's worth waiting behind the running ones, so a slot
@@ -60,10 +69,49 @@ def prepare(engine: Engine | None, plan: Plan) -> Setup:
         ids = plan.chat.prompt_ids([{"role": "user", "content": prompt}], prefix)
         if len(ids) < setup.context_len:
             requests.append(Request(ids, 0, 1, temperature=0.0, logprob_token_ids=names))
-    engine.reset_prefix_cache()  # the same floats on every run (bf16 on CPU depends on cache hits)
-    done = engine.generate(requests, desc="calibrate selection")
-    calibration = mean_scores([[c.label_logprobs[t] for t in names] for c in done if c.label_logprobs])
+    cache = calibration_cache_path(engine, requests, names)
+    calibration = _read_calibration(cache, len(names))
+    if calibration is None:
+        engine.reset_prefix_cache()  # the same floats on every run (bf16 on CPU depends on cache hits)
+        done = engine.generate(requests, desc="calibrate selection")
+        calibration = mean_scores([[c.label_logprobs[t] for t in names] for c in done if c.label_logprobs])
+        _write_calibration(cache, calibration)
     return Setup(plan, setup.context_len, names, tuple(calibration))
+
+
+def calibration_cache_path(engine: Engine, requests: list[Request], names: tuple[int, ...]) -> Path:
+    """Where this engine's calibration is kept: keyed by everything its floats depend on.
+
+    The requests' token ids cover the template, the library, the reference queries and the tokenizer; the
+    engine settings and vLLM's version cover the floats. So an equal key means the same call, made once per
+    model rather than once per build (it costs a 2-core CPU about 35 s at every engine start).
+    """
+    import vllm
+
+    settings = {k: v for k, v in asdict(engine.settings).items() if k != "log_file"}
+    key = json.dumps(
+        [vllm.__version__, settings, list(names), [r.prompt_ids for r in requests]], sort_keys=True, default=str
+    )
+    return cache_dir() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _read_calibration(path: Path, size: int) -> list[float] | None:
+    try:
+        values = json.loads(path.read_text())["calibration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not there yet, or unreadable: score it again
+    if not isinstance(values, list) or len(values) != size or not all(isinstance(v, float) for v in values):
+        return None
+    logger.info("feature selection: calibration read from %s", path)
+    return values
+
+
+def _write_calibration(path: Path, values: list[float]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps({"calibration": values}).encode())
+    except (OSError, WriteError) as exc:  # a cache: the build goes on without it
+        logger.warning("feature selection: could not keep the calibration in %s (%s)", path, exc)
 
 
 def admission_window(engine: Engine) -> int:

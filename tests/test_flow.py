@@ -70,6 +70,29 @@ def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, s
     assert steps[False] < 0.7 * steps[True], steps
 
 
+def test_the_selection_calibration_is_scored_once_per_engine_settings_and_then_read_from_the_cache(
+    engine, shared_data, tmp_path, monkeypatch
+):
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=2, max_new_tokens=16)
+    monkeypatch.setenv("SSOGEN_CACHE", str(tmp_path / "cache"))  # after the plan found the bundled model
+
+    def calibration_tokens() -> int:
+        return engine.stats.tokens_by_call["calibrate selection"]
+
+    before = calibration_tokens()
+    first = prepare(engine, plan)
+    scored = calibration_tokens() - before
+    assert scored >= 80  # one token per reference query, in one held call
+    [cached] = (tmp_path / "cache" / "calibration").glob("*.json")
+    second = prepare(engine, plan)
+    assert calibration_tokens() - before == scored  # nothing asked of the engine the second time
+    assert second.calibration == first.calibration and len(first.calibration) == len(first.name_ids) > 2
+    # A damaged cache file is scored again, not trusted.
+    cached.write_text("{not json")
+    third = prepare(engine, plan)
+    assert calibration_tokens() - before == 2 * scored and third.calibration == first.calibration
+
+
 def test_a_flow_service_fed_by_two_callers_gives_each_its_own_rows(engine, shared_data, tmp_path):
     plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=16)
     service = FlowService(engine, prepare(engine, plan))

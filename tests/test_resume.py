@@ -196,7 +196,7 @@ def test_a_failure_of_a_live_engine_is_reported_as_it_is_after_the_grace_period(
 
 def test_an_engine_error_after_an_interrupt_is_reported_as_the_interrupt(monkeypatch, tmp_path, capsys):
     # Ctrl-C reaches vLLM's processes too; seen in CI: their exit surfaced as an engine error, not as Ctrl-C.
-    def build(config, overwrite):
+    def build(config, overwrite, engine_log=True):
         cli._interrupted.set()  # what the signal handler records
         raise EngineError("the vLLM engine's process exited during sample y+ y- y°")
 
@@ -208,7 +208,7 @@ def test_an_engine_error_after_an_interrupt_is_reported_as_the_interrupt(monkeyp
 
 
 def test_an_engine_error_without_an_interrupt_stays_an_engine_error(monkeypatch, tmp_path):
-    def build(config, overwrite):
+    def build(config, overwrite, engine_log=True):
         raise EngineError("the vLLM engine's process exited during sample y+ y- y°")
 
     monkeypatch.setattr(pipeline, "build", build)
