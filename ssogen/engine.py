@@ -528,6 +528,14 @@ def _count_steps(client: Any, stats: EngineStats) -> None:
     client.get_output = get_output
 
 
+class _EngineLogHandler(logging.FileHandler):
+    """The engine log's handler: best effort. When the log cannot be written (a full disk, a file-size limit),
+    the record is lost quietly instead of a traceback on the terminal; the build's own writes report the cause."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _engine_output_to(log_file: str | None) -> Iterator[None]:
     """Send vLLM's logs, and its processes' stdout and stderr, to ``log_file`` (None: leave them be).
@@ -558,7 +566,7 @@ def _engine_output_to(log_file: str | None) -> Iterator[None]:
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
-    handler = _logging.FileHandler(log_file, encoding="utf-8")
+    handler = _EngineLogHandler(log_file, encoding="utf-8")
     handler.setFormatter(_logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _logging.captureWarnings(True)
     for name in ("vllm", "py.warnings"):

@@ -52,7 +52,7 @@ def tokenizer(bundled_model):
 # The settings of the shared build (tests/test_resume.py re-runs them after a kill and compares to the bit,
 # so it runs in held batches; the continuous flow has its own tests in tests/test_flow.py).
 BUILT_ARGS = (
-    "--limit", "9", "--max-new-tokens", "96", "--chunk-size", "3", "--test-size", "0.25", "--enforce-eager",
+    "--limit", "9", "--max-new-tokens", "48", "--chunk-size", "3", "--test-size", "0.25", "--enforce-eager",
     "--reproducible",
 )  # fmt: skip
 

@@ -44,6 +44,17 @@ def test_build_exits_cleanly_and_logs_chunks_and_a_summary(built):
     assert "terminate called" not in log
 
 
+def test_vllms_own_warnings_go_to_the_engine_log_not_the_terminal(built):
+    out, result = built
+    engine_log = out / ".ssogen" / "engine.log"
+    logged = engine_log.read_text(encoding="utf-8")
+    # vLLM warns on every CPU start (Triton, deprecations): the log holds them, the terminal none of them.
+    assert "WARNING" in logged and "vllm" in logged
+    terminal = result.stderr.splitlines()
+    assert [line for line in terminal if "WARNING" in line or "EngineCore" in line or "Worker pid" in line] == []
+    assert f"vLLM's own output: {engine_log}" in result.stderr  # the summary says where it went
+
+
 def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
     out, _ = built
     kept = pd.concat([pd.read_parquet(p) for p in (out / "data/sso").glob("*.parquet")])
@@ -79,7 +90,7 @@ def test_kept_records_are_complete_and_consistent(built):
         for role in ("chosen", "rejected", "original"):
             assert row[role].strip()
             assert math.isfinite(row[f"logp_{role}"]) and row[f"logp_{role}"] <= 0.0
-            assert 0 < row[f"tokens_{role}"] <= 96 + 1  # the sampled tokens (+ end of turn), at most the limit
+            assert 0 < row[f"tokens_{role}"] <= 48 + 1  # the sampled tokens (+ end of turn), at most the limit
             assert row[f"finish_{role}"] in {"stop", "length", "repetition"}
             if row[f"finish_{role}"] == "repetition":
                 assert row[f"degenerate_{role}"]
@@ -98,7 +109,7 @@ def test_settings_are_recorded_with_the_data(built):
 
     out, _ = built
     settings = yaml.safe_load((out / "ssogen.yaml").read_text())
-    assert settings["run"]["max_new_tokens"] == 96 and settings["run"]["seed"] == 0
+    assert settings["run"]["max_new_tokens"] == 48 and settings["run"]["seed"] == 0
     assert settings["run"]["principles_hash"] and settings["run"]["prompts_hash"]
 
 
