@@ -52,6 +52,25 @@ def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs
     assert 7 <= engine.stats.steps - steps <= 8
 
 
+def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_its_limit(engine, tokenizer):
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import Repetition
+
+    prompt = ChatFormat(tokenizer).prompt_ids(
+        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
+    )
+
+    def ask(repetition: Repetition | None):
+        # Greedy, and the end of turn ignored: the answer can only end by the check or by the limit.
+        request = Request(prompt, seed=0, max_tokens=256, temperature=0.0, ignore_eos=True, repetition=repetition)
+        return engine.generate([request])[0]
+
+    checked, unchecked = ask(Repetition(1, 32, 8)), ask(None)
+    assert unchecked.finish_reason == "length" and len(unchecked.token_ids) == 256  # it does loop
+    assert checked.finish_reason == "repetition" and len(checked.token_ids) < 128, checked.text[-200:]
+    assert checked.token_ids == unchecked.token_ids[: len(checked.token_ids)]  # stopped, not steered elsewhere
+
+
 def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):
     plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=24)
     setup = prepare(engine, plan)
