@@ -158,7 +158,11 @@ class BuildConfig:
             )
 
     # --- engine -----------------------------------------------------------------------------------
-    dtype: str = _setting("auto", "Model dtype for vLLM (auto, bfloat16, float16, float32).")
+    dtype: str = _setting(
+        "auto",
+        "Model dtype for vLLM (auto, bfloat16, float16, float32). On a CPU without native bfloat16 (no AVX-512 BF16 "
+        "or AMX), auto runs float32: emulated bfloat16 is about 3x slower there.",
+    )
     max_model_len: int | None = _setting(
         None,
         "Context length (prompt + answer) per sequence; default: the model's own (on GPU, vLLM shortens it to "

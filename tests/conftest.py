@@ -103,6 +103,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900)
     )
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The lines from `error:` on (vLLM's own shutdown logs may come before)."""
+    lines = stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+    return lines[first:]
+
+
 def make_record(i: int, **changes: object) -> dict:
     """A synthetic `sso` record (schema `ssogen.store.RECORD_SCHEMA`) for tests that need no engine."""
     from ssogen.steer import ROLES

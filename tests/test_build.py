@@ -55,6 +55,17 @@ def test_vllms_own_warnings_go_to_the_engine_log_not_the_terminal(built):
     assert f"vLLM's own output: {engine_log}" in result.stderr  # the summary says where it went
 
 
+def test_the_engine_runs_the_dtype_this_cpu_computes_natively(built):
+    from ssogen.engine import native_bf16_cpu
+
+    out, _ = built
+    engine_args = next(
+        line for line in (out / ".ssogen" / "engine.log").read_text().splitlines() if "non-default args" in line
+    )
+    # dtype auto: the model's bfloat16 where the CPU has it, float32 where it would be emulated.
+    assert ("'dtype': 'float32'" in engine_args) is not native_bf16_cpu(), engine_args
+
+
 def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
     out, _ = built
     kept = pd.concat([pd.read_parquet(p) for p in (out / "data/sso").glob("*.parquet")])

@@ -71,3 +71,12 @@ def test_cli_bad_setting_exits_2_with_a_message_and_no_traceback(tmp_path):
     assert "--alpha" in result.stderr and "between 0 and 1" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_dtype_runs_float32_on_a_cpu_without_native_bfloat16_and_an_explicit_dtype_is_kept():
+    from ssogen.engine import cpu_dtype
+
+    assert cpu_dtype("auto", native_bf16=False) == "float32"
+    assert cpu_dtype("auto", native_bf16=True) == "auto"
+    assert cpu_dtype("bfloat16", native_bf16=False) == "bfloat16"
+    assert cpu_dtype("float16", native_bf16=True) == "float16"

@@ -26,26 +26,9 @@ def query_ids(folder: Path) -> list[str]:
     return ids
 
 
-def test_a_ray_build_holds_the_same_query_ids_as_a_local_run(tmp_path, shared_data, built_folder):
-    queries = shared_data / "user_oriented_instructions.jsonl"
-    out = tmp_path / "ray"
-    result = run_cli("build", "--queries", str(queries), *RAY_ARGS, "--output", str(out), timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ray)" in result.stderr  # chunks came back from the replica pool
-    assert "engine figures: in the Ray replicas" in result.stderr
-    ids = query_ids(out)
-    assert len(ids) == len(set(ids)) == 4
-    # The local run of the same settings built the first 9 queries; the first 4 are these.
-    from ssogen.sources import load_queries
-
-    first_four = [q.prompt_id for q in load_queries(str(queries), limit=4).queries]
-    assert set(ids) == set(first_four) <= set(query_ids(built_folder))
-    written = {p.name for p in (out / "data").iterdir()}
-    assert {"sso", "dpo", "steer_pos", "steer_neg", "reward", "sso_reference"} <= written
-    assert written <= {p.name for p in (built_folder / "data").iterdir()} | {"dropped"}
-
-
-def test_a_killed_replica_keeps_whole_chunks_and_a_rerun_completes(tmp_path, shared_data):
+def test_a_ray_build_survives_a_killed_replica_and_holds_the_same_query_ids_as_a_local_run(
+    tmp_path, shared_data, built_folder
+):
     queries = shared_data / "user_oriented_instructions.jsonl"
     out = tmp_path / "ray"
     args = [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *RAY_ARGS, "--output", str(out)]
@@ -68,5 +51,16 @@ def test_a_killed_replica_keeps_whole_chunks_and_a_rerun_completes(tmp_path, sha
         assert "resume" in stderr, stderr[-3000:]
         rerun = run_cli("build", "--queries", str(queries), *RAY_ARGS, "--output", str(out), timeout=1200)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
+        stderr = rerun.stderr
+    assert "ray)" in stderr  # chunks came back from the replica pool
+    assert "engine figures: in the Ray replicas" in stderr
     ids = query_ids(out)
     assert len(ids) == len(set(ids)) == 4
+    # The local run of the same settings built the first 9 queries; the first 4 are these.
+    from ssogen.sources import load_queries
+
+    first_four = [q.prompt_id for q in load_queries(str(queries), limit=4).queries]
+    assert set(ids) == set(first_four) <= set(query_ids(built_folder))
+    written = {p.name for p in (out / "data").iterdir()}
+    assert {"sso", "dpo", "steer_pos", "steer_neg", "reward", "sso_reference"} <= written
+    assert written <= {p.name for p in (built_folder / "data").iterdir()} | {"dropped"}
