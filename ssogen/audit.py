@@ -313,9 +313,10 @@ def _drop_too_long(plan: AuditPlan) -> None:
 # --- judging --------------------------------------------------------------------------------------------------
 
 
-def engine_settings(plan: AuditPlan) -> EngineSettings:
+def engine_settings(plan: AuditPlan, log_file: str | None = None) -> EngineSettings:
     o = plan.options
     return EngineSettings(
+        log_file=log_file,
         model=plan.judge.path,
         dtype=o.dtype,
         max_model_len=plan.max_model_len,
@@ -530,10 +531,17 @@ def _prepare_output(plan: AuditPlan) -> Path:
 # --- the command ----------------------------------------------------------------------------------------------
 
 
-def run_audit(options: AuditOptions, *, console: Console | None = None, engine: Engine | None = None) -> AuditResult:
+def run_audit(
+    options: AuditOptions,
+    *,
+    console: Console | None = None,
+    engine: Engine | None = None,
+    engine_log: str | None = None,
+) -> AuditResult:
     """Plan, judge, write, print and (if asked) publish an audit.
 
     ``engine``: a judge engine already running (tests share one); it must hold the judge model.
+    ``engine_log``: a file for vLLM's own output when the audit starts its engine (None: the terminal).
     """
     from ssogen.tables import audit_table
 
@@ -545,7 +553,7 @@ def run_audit(options: AuditOptions, *, console: Console | None = None, engine: 
     start: float | None = None  # an engine handed in was started before (and for more than) this audit
     if engine is None:
         kind = RewardEngine if options.judge_kind == "reward" else Engine
-        with kind(engine_settings(plan)) as own:
+        with kind(engine_settings(plan, engine_log)) as own:
             start = own.stats.start_seconds
             rows, seconds = _timed_judge(plan, own)
     else:

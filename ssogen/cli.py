@@ -296,8 +296,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     from ssogen.audit import AuditOptions, run_audit
 
-    run_audit(AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)}))
+    options = AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)})
+    engine_log = None if args.verbose or args.debug else _engine_log_file("audit")
+    run_audit(options, engine_log=engine_log)
+    if engine_log and Path(engine_log).exists():
+        print(f"vLLM's own output: {engine_log}", file=sys.stderr, flush=True)
     return 0
+
+
+def _engine_log_file(command: str) -> str:
+    """Where a command that keeps no build folder of its own sends vLLM's output (kept off the terminal)."""
+    return str(Path(tempfile.gettempdir()) / f"ssogen-{command}-{os.getpid()}.log")
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
@@ -324,7 +333,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     config = build_config(args)
     plan = plan_build(config)
     # A bench writes nothing into an output folder; vLLM's own output goes to a temporary log.
-    log_file = None if args.verbose else str(Path(tempfile.gettempdir()) / f"ssogen-bench-{os.getpid()}.log")
+    log_file = None if args.verbose else _engine_log_file("bench")
     with Engine(engine_settings(config, plan.model, log_file=log_file)) as engine:
         result = run_bench(
             engine, plan, args.repeats, reproducible=config.reproducible, log=lambda line: print(line, flush=True)

@@ -224,6 +224,10 @@ def test_cli_audit_push_publishes_the_dataset_with_its_audit_in_one_commit(
     assert result.returncode == 0, result.stderr[-3000:]
     assert TOKEN not in result.stdout + result.stderr
     assert "Audit verdicts" in result.stdout and "published" in result.stdout
+    # vLLM's own warnings went to the audit's engine log, which the command names; the terminal has none.
+    terminal = (result.stdout + result.stderr).splitlines()
+    assert [line for line in terminal if "WARNING" in line or "EngineCore" in line or "Worker pid" in line] == []
+    assert "vLLM's own output: " in result.stderr
 
     meta = hub.meta()
     assert len(hub.commit_requests()) == 1 and len(meta["commits"]) == 2  # the repo's first + one for the round
