@@ -152,7 +152,7 @@ def cpu_dtype(dtype: str, native_bf16: bool) -> str:
 
     `auto` would take the model's bfloat16, which such a CPU (AVX2 only) emulates: oneDNN cannot build its
     matmuls and torch's fallback ran the bundled model at a third of float32's speed here (33 against 100
-    tokens/s, 32 sequences). An explicit dtype is the user's choice and is kept.
+    tokens/s, 32 sequences; `python -m tests.dtype_speed`). An explicit dtype is the user's choice and is kept.
     """
     return "float32" if dtype == "auto" and not native_bf16 else dtype
 
@@ -174,12 +174,15 @@ class Engine:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm.platforms import current_platform
 
+        self.on_cpu = current_platform.is_cpu()
+        if self.on_cpu:
+            # The dtype that runs, so that whatever is keyed by the settings (the calibration cache) sees it.
+            settings = replace(settings, dtype=cpu_dtype(settings.dtype, native_bf16_cpu()))
         self.settings = settings
         self.stats = EngineStats()
-        self.on_cpu = current_platform.is_cpu()
         kwargs: dict[str, Any] = dict(
             model=settings.model,
-            dtype=cpu_dtype(settings.dtype, native_bf16_cpu()) if self.on_cpu else settings.dtype,
+            dtype=settings.dtype,
             # -1 asks vLLM for the model's own context, or the longest that fits in memory.
             max_model_len=settings.max_model_len if settings.max_model_len is not None else -1,
             tensor_parallel_size=settings.tensor_parallel_size,
