@@ -16,6 +16,7 @@ import sys
 import time
 
 QUERIES = 32
+RESULT = "dtype_speed result: "  # vLLM's processes print to stdout too: the result line is marked
 NEW_TOKENS = 128
 
 
@@ -51,13 +52,13 @@ def measure(dtype: str, compiled: bool) -> dict:
 def main() -> None:
     compiled = "--compiled" in sys.argv
     if len(sys.argv) > 1 and sys.argv[1] in {"bfloat16", "float32"}:
-        print(json.dumps(measure(sys.argv[1], compiled)))
+        print(RESULT + json.dumps(measure(sys.argv[1], compiled)), flush=True)
         return
     results = {}
     for dtype in ("bfloat16", "float32"):
         args = [sys.executable, "-m", "tests.dtype_speed", dtype, *(["--compiled"] if compiled else [])]
         out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-        results[dtype] = json.loads(out.strip().splitlines()[-1])
+        results[dtype] = json.loads(next(line for line in out.splitlines() if line.startswith(RESULT))[len(RESULT) :])
         print(json.dumps(results[dtype]))
     ratio = results["float32"]["tok_per_s"] / results["bfloat16"]["tok_per_s"]
     print(f"dtype_speed: float32_vs_bfloat16={ratio:.2f} compiled={compiled} queries={QUERIES} tokens={NEW_TOKENS}")
