@@ -297,15 +297,18 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from ssogen.audit import AuditOptions, run_audit
 
     options = AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)})
-    engine_log = None if args.verbose or args.debug else _engine_log_file("audit")
+    engine_log = _engine_log_file("audit", args)
     run_audit(options, engine_log=engine_log)
     if engine_log and Path(engine_log).exists():
         print(f"vLLM's own output: {engine_log}", file=sys.stderr, flush=True)
     return 0
 
 
-def _engine_log_file(command: str) -> str:
-    """Where a command that keeps no build folder of its own sends vLLM's output (kept off the terminal)."""
+def _engine_log_file(command: str, args: argparse.Namespace) -> str | None:
+    """Where a command that keeps no build folder of its own sends vLLM's output: a temporary log, or the
+    terminal (None) under -v / --debug, as for a build."""
+    if args.verbose or args.debug:
+        return None
     return str(Path(tempfile.gettempdir()) / f"ssogen-{command}-{os.getpid()}.log")
 
 
@@ -333,7 +336,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     config = build_config(args)
     plan = plan_build(config)
     # A bench writes nothing into an output folder; vLLM's own output goes to a temporary log.
-    log_file = None if args.verbose else _engine_log_file("bench")
+    log_file = _engine_log_file("bench", args)
     with Engine(engine_settings(config, plan.model, log_file=log_file)) as engine:
         result = run_bench(
             engine, plan, args.repeats, reproducible=config.reproducible, log=lambda line: print(line, flush=True)
