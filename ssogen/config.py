@@ -94,8 +94,10 @@ class BuildConfig:
     )
     loop_compression: float = _setting(
         0.15,
-        "An answer that zlib compresses below this fraction of its size (it circles on near-copies of itself) "
-        "is a loop too, judged once it ended; 0 turns the check off.",
+        "Text that zlib compresses below this fraction of its size circles on near-copies of itself: an answer "
+        "whose last 1,024 bytes do, checked every 64 tokens from the 256th while it is written, is aborted as a "
+        "loop (finish reason 'repetition'), and an answer cut by the token limit is judged whole the same way. "
+        "0 turns both off.",
     )
     chunk_size: int = _setting(
         256,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssogen.errors import SsogenError
+from ssogen.quality import tail_is_loop
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,19 @@ class Repetition:
 
 
 @dataclass(frozen=True)
+class LoopWatch:
+    """ssogen's own check while an answer is written: every `every` tokens from the `start`-th on, the text's
+    last `tail_bytes` bytes are compressed (`ssogen.quality.tail_is_loop`); below `threshold`, the answer is
+    a loop and is aborted there (finish reason 'repetition'). It sees the loops that vary a little, which
+    vLLM's exact-repeat check lets run to the token limit."""
+
+    threshold: float
+    start: int = 256
+    every: int = 64
+    tail_bytes: int = 1024
+
+
+@dataclass(frozen=True)
 class Request:
     """One generation: a tokenised prompt and its own sampling settings."""
 
@@ -93,6 +107,7 @@ class Request:
     # read off the first position with max_tokens=1: one prefill, no sampling needed).
     logprob_token_ids: tuple[int, ...] | None = None
     repetition: Repetition | None = None
+    loop_watch: LoopWatch | None = None
     ignore_eos: bool = False  # the benchmark replays an answer's exact length
 
 
@@ -122,6 +137,7 @@ class EngineStats:
     # those steps: what a GPU pays for is the steps (each reads every weight, whatever the batch).
     steps: int = 0
     step_sequences: int = 0
+    loops_aborted: int = 0  # watched answers ended by ssogen's loop check while being written
 
     @property
     def sequences_per_step(self) -> float:
@@ -307,10 +323,14 @@ class Engine:
         if best.logprobs is not None and request.logprob_token_ids:
             labels = {token: best.logprobs[0][token].logprob for token in request.logprob_token_ids}
         elif best.logprobs is not None:
-            logprobs = [step[token].logprob for step, token in zip(best.logprobs, best.token_ids, strict=True)]
-        self.stats.generated_tokens += len(best.token_ids)
-        self.stats.tokens_by_call[desc] += len(best.token_ids)
-        return Completion(best.text, list(best.token_ids), best.finish_reason or "", logprobs, labels)
+            logprobs = _sampled_logprobs(best)
+        completion = Completion(best.text, list(best.token_ids), best.finish_reason or "", logprobs, labels)
+        return self._counted(completion, desc)
+
+    def _counted(self, completion: Completion, desc: str) -> Completion:
+        self.stats.generated_tokens += len(completion.token_ids)
+        self.stats.tokens_by_call[desc] += len(completion.token_ids)
+        return completion
 
     def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float]:
         self.stats.scored_tokens += len(response)
@@ -334,6 +354,11 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sampled_logprobs(output: Any) -> list[float]:
+    """Each sampled token's log-probability, from a completion output's per-position log-prob tables."""
+    return [step[token].logprob for step, token in zip(output.logprobs, output.token_ids, strict=True)]
 
 
 def _tokens(ids: Sequence[int]) -> dict[str, list[int]]:
@@ -409,6 +434,31 @@ class _Pending:
     response_ids: list[int] | None = None  # for a scoring: the answer after the prompt
     read_cache: bool = False
     request: Request | None = None  # for a generation
+    # A watched generation (`Request.loop_watch`) comes back a piece per step; the pieces so far:
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    next_check: int = 0
+
+    def take(self, piece: Any) -> None:
+        """Add one step's piece of a watched generation."""
+        self.text.append(piece.text)
+        self.token_ids += piece.token_ids
+        if piece.logprobs is not None:
+            self.logprobs += _sampled_logprobs(piece)
+
+    def looping(self) -> bool:
+        """Whether a watched generation, at one of its checkpoints, has become a loop."""
+        watch = self.request.loop_watch if self.request is not None else None
+        if watch is None or len(self.token_ids) < max(self.next_check, watch.start):
+            return False
+        self.next_check = len(self.token_ids) + watch.every
+        return tail_is_loop("".join(self.text), watch.threshold, watch.tail_bytes)
+
+    def completion(self, finish_reason: str) -> Completion:
+        assert self.request is not None
+        logprobs = self.logprobs if self.request.logprobs else None
+        return Completion("".join(self.text), self.token_ids, finish_reason, logprobs)
 
 
 class EngineStream:
@@ -455,7 +505,9 @@ class EngineStream:
     def _add(self, item: _Pending, params: Any, ids: Sequence[int] | None = None) -> None:
         from vllm.sampling_params import RequestOutputKind
 
-        params.output_kind = RequestOutputKind.FINAL_ONLY
+        # A watched generation is read a piece per step, so a loop is seen (and aborted) while it is written.
+        watched = item.request is not None and item.request.loop_watch is not None
+        params.output_kind = RequestOutputKind.DELTA if watched else RequestOutputKind.FINAL_ONLY
         request_id = f"ssogen-{self.desc}-{next(self._ids)}"
         try:
             self.engine.llm.llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
@@ -492,10 +544,23 @@ class EngineStream:
         self._mark = now
         finished: list[tuple[Hashable, Any]] = []
         for out in outputs:
-            if not out.finished or out.request_id not in self.pending:
+            item = self.pending.get(out.request_id)
+            if item is None:
                 continue
-            item = self.pending.pop(out.request_id)
-            if item.kind == "generate":
+            watched = item.kind == "generate" and item.request is not None and item.request.loop_watch is not None
+            if watched:
+                item.take(out.outputs[0])
+            if not out.finished:
+                if not (watched and item.looping()):
+                    continue
+                self._abort(out.request_id)
+                engine.stats.loops_aborted += 1
+            del self.pending[out.request_id]
+            if watched:
+                self.generations_left -= 1
+                reason = (out.outputs[0].finish_reason or "") if out.finished else "repetition"
+                finished.append((item.key, engine._counted(item.completion(reason), self.desc)))
+            elif item.kind == "generate":
                 assert item.request is not None
                 self.generations_left -= 1
                 finished.append((item.key, engine._completion(out, item.request, self.desc)))
@@ -515,6 +580,12 @@ class EngineStream:
         if not self.pending:
             self._mark = None  # idle time between uses of the stream is nobody's
         return finished
+
+    def _abort(self, request_id: str) -> None:
+        try:
+            self.engine.llm.llm_engine.abort_request([request_id])
+        except Exception as exc:
+            raise self.engine.failure(self.desc, exc) from exc
 
     def close(self) -> None:
         if self._bar is not None:

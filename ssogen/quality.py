@@ -30,6 +30,13 @@ def is_loop(text: str, threshold: float) -> bool:
     return threshold > 0 and len(text.encode("utf-8")) >= MIN_BYTES and compression_ratio(text) < threshold
 
 
+def tail_is_loop(text: str, threshold: float, tail_bytes: int) -> bool:
+    """Whether the last `tail_bytes` bytes of an answer being written compress below `threshold`: the answer
+    has fallen into a loop, whatever it was before (0 turns the check off)."""
+    tail = text.encode("utf-8")[-tail_bytes:]
+    return threshold > 0 and len(tail) >= MIN_BYTES and len(zlib.compress(tail, 9)) / len(tail) < threshold
+
+
 def is_degenerate(text: str, finish_reason: str, threshold: float) -> bool:
     """A loop: stopped by the engine's repetition check, or cut by the token limit and compressing below
     `threshold` (see the module's docstring)."""

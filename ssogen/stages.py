@@ -15,7 +15,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ssogen.engine import Completion, Repetition, Request
+from ssogen.engine import Completion, LoopWatch, Repetition, Request
 from ssogen.library import Feature
 from ssogen.plan import Plan
 from ssogen.quality import is_degenerate
@@ -219,6 +219,7 @@ def answer_request(plan: Plan, query: Query, role: str, prompt_ids: list[int]) -
         # y° is sampled under x itself, so its sampled-token log-probs are π̃'s terms: no rescoring.
         logprobs=role == "original",
         repetition=repetition,
+        loop_watch=LoopWatch(config.loop_compression) if config.loop_compression > 0 else None,
     )
 
 

@@ -13,6 +13,7 @@ import time
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
 from ssogen.config import BuildConfig
 from ssogen.engine import Request
@@ -69,6 +70,57 @@ def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_it
     assert unchecked.finish_reason == "length" and len(unchecked.token_ids) == 256  # it does loop
     assert checked.finish_reason == "repetition" and len(checked.token_ids) < 128, checked.text[-200:]
     assert checked.token_ids == unchecked.token_ids[: len(checked.token_ids)]  # stopped, not steered elsewhere
+
+
+def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_zero_turns_the_watch_off(
+    shared_data, tmp_path
+):
+    from ssogen.engine import LoopWatch
+    from ssogen.stages import ROLES, answer_request
+
+    for threshold, watch in ((0.2, LoopWatch(0.2)), (0.0, None)):
+        plan = small_plan(
+            shared_data / "seed_tasks.jsonl", tmp_path, limit=1, max_new_tokens=16, loop_compression=threshold
+        )
+        query = plan.queries.queries[0]
+        assert [answer_request(plan, query, role, [1, 2]).loop_watch for role in ROLES] == [watch] * 3
+
+
+def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_is_otherwise_unchanged(
+    engine, tokenizer
+):
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import LoopWatch
+    from ssogen.quality import tail_is_loop
+
+    chat = ChatFormat(tokenizer)
+    loop = chat.prompt_ids(
+        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
+    )
+    prose = chat.prompt_ids([{"role": "user", "content": "Name three fruits and say one thing about each."}])
+    watch = LoopWatch(0.15, start=128, every=32)
+
+    def ask(prompt: list[int], watched: bool, **kwargs):
+        request = Request(prompt, seed=3, max_tokens=384, loop_watch=watch if watched else None, **kwargs)
+        engine.reset_prefix_cache()  # both runs compute the same floats
+        return engine.generate([request])[0]
+
+    aborted_before = engine.stats.loops_aborted
+    # Greedy with the end of turn ignored: only the limit or the watch can end it.
+    looped, unwatched = (ask(loop, w, temperature=0.0, ignore_eos=True, logprobs=True) for w in (True, False))
+    assert unwatched.finish_reason == "length" and len(unwatched.token_ids) == 384
+    # Aborted at the first checkpoint (128, 160, …) whose tail is long enough to judge and compresses as a loop.
+    ids = unwatched.token_ids
+    first = next(n for n in range(128, 385, 32) if tail_is_loop(tokenizer.decode(ids[:n]), 0.15, watch.tail_bytes))
+    assert looped.finish_reason == "repetition" and len(looped.token_ids) == first < 384, looped.text[-200:]
+    assert looped.token_ids == ids[:first] and unwatched.text.startswith(looped.text)
+    assert looped.token_logprobs == pytest.approx(unwatched.token_logprobs[:first])
+    assert engine.stats.loops_aborted == aborted_before + 1
+    # An answer that does not loop comes back whole and the same, read a piece per step or at once.
+    watched, plain = (ask(prose, w, logprobs=True) for w in (True, False))
+    assert watched.finish_reason == plain.finish_reason == "stop"
+    assert (watched.text, watched.token_ids) == (plain.text, plain.token_ids)
+    assert watched.token_logprobs == pytest.approx(plain.token_logprobs)
 
 
 def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop
+from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop, tail_is_loop
 
 PROSE = (
     "Photosynthesis is the process by which green plants, algae and some bacteria turn light into chemical energy. "
@@ -48,6 +48,21 @@ def test_short_answers_and_a_zero_threshold_are_never_judged():
 )
 def test_structured_answers_that_end_by_themselves_are_not_loops(text):
     assert not is_degenerate(text, "stop", 0.15), compression_ratio(text)
+    # Nor does the watch over an answer being written cut them (a JSON list of near-identical records is the
+    # closest: its last 1,024 bytes compress to 0.158).
+    assert not tail_is_loop(text, 0.15, 1024), compression_ratio(text[-1024:])
+
+
+def test_the_watch_sees_an_answer_fall_into_a_loop_by_its_tail_while_the_whole_still_reads_as_prose():
+    rng = random.Random(0)
+    words = PROSE.split()
+    prose = " ".join(rng.choice(words) for _ in range(500))
+    falling = prose + " I'm looking forward to your feedback on my presentation." * 25
+    assert not is_loop(falling, 0.15)  # as a whole it still compresses like text
+    assert tail_is_loop(falling, 0.15, 1024)  # its last 1,024 bytes are the loop
+    assert not tail_is_loop(prose, 0.15, 1024)
+    assert not tail_is_loop("ha " * 170, 0.15, 1024)  # under MIN_BYTES: too short to judge
+    assert not tail_is_loop(falling, 0.0, 1024)  # the check turned off
 
 
 def test_only_the_engine_stop_or_a_cut_answer_that_compresses_like_a_loop_is_degenerate():
