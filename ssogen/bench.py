@@ -153,6 +153,7 @@ def replay(request: Request, completion: Completion) -> Request:
         stop=(),
         logprobs=False,
         repetition=None,
+        loop_watch=None,
     )
 
 
@@ -165,7 +166,13 @@ def measure_raw(engine: Engine, answers: Answers) -> Measurement:
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:
     """Sequential batches of 16: one sampled selection call, then one call per role; no scoring."""
-    config = replace(plan.config, feature_selection="sampled", generate_principles=False, repetition_max_pattern=0)
+    config = replace(
+        plan.config,
+        feature_selection="sampled",
+        generate_principles=False,
+        repetition_max_pattern=0,
+        loop_compression=0.0,
+    )
     setup = Setup(replace(plan, config=config), engine.max_model_len)
     queries = plan.queries.queries
     answer_tokens = 0

@@ -52,12 +52,14 @@ def test_medians_over_repeats_feed_the_ratios():
 
 def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
     from ssogen.bench import replay
-    from ssogen.engine import Completion, Repetition, Request
+    from ssogen.engine import Completion, LoopWatch, Repetition, Request
 
-    request = Request([1, 2, 3], 7, 256, stop=("###",), logprobs=True, repetition=Repetition(1, 32, 8))
+    request = Request(
+        [1, 2, 3], 7, 256, stop=("###",), logprobs=True, repetition=Repetition(1, 32, 8), loop_watch=LoopWatch(0.15)
+    )
     replayed = replay(request, Completion("abc", [5, 6, 7, 8], "stop"))
     assert (replayed.max_tokens, replayed.ignore_eos, replayed.logprobs) == (4, True, False)
-    assert replayed.stop == () and replayed.repetition is None
+    assert replayed.stop == () and replayed.repetition is None and replayed.loop_watch is None
     assert (replayed.prompt_ids, replayed.seed, replayed.temperature) == ([1, 2, 3], 7, request.temperature)
 
 
