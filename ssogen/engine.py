@@ -440,6 +440,12 @@ class _Pending:
     logprobs: list[float] = field(default_factory=list)
     next_check: int = 0
 
+    @property
+    def watched(self) -> bool:
+        """A generation that may run past its watch's first checkpoint (else there is nothing to watch)."""
+        request = self.request
+        return request is not None and request.loop_watch is not None and request.max_tokens > request.loop_watch.start
+
     def take(self, piece: Any) -> None:
         """Add one step's piece of a watched generation."""
         self.text.append(piece.text)
@@ -506,8 +512,7 @@ class EngineStream:
         from vllm.sampling_params import RequestOutputKind
 
         # A watched generation is read a piece per step, so a loop is seen (and aborted) while it is written.
-        watched = item.request is not None and item.request.loop_watch is not None
-        params.output_kind = RequestOutputKind.DELTA if watched else RequestOutputKind.FINAL_ONLY
+        params.output_kind = RequestOutputKind.DELTA if item.watched else RequestOutputKind.FINAL_ONLY
         request_id = f"ssogen-{self.desc}-{next(self._ids)}"
         try:
             self.engine.llm.llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
@@ -547,7 +552,7 @@ class EngineStream:
             item = self.pending.get(out.request_id)
             if item is None:
                 continue
-            watched = item.kind == "generate" and item.request is not None and item.request.loop_watch is not None
+            watched = item.watched
             if watched:
                 item.take(out.outputs[0])
             if not out.finished:
