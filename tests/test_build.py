@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -41,6 +42,7 @@ def test_build_exits_cleanly_and_logs_chunks_and_a_summary(built):
     log = result.stderr
     assert "chunk 1/3 done" in log and "chunk 3/3 done" in log
     assert "kept:" in log and "mean W:" in log and "tok/s" in log
+    assert re.search(r"; \d+ answers aborted as loops while written", log)
     assert "terminate called" not in log
 
 
