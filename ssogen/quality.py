@@ -1,11 +1,13 @@
-"""Judging a finished answer: is it a degenerate loop?
+"""Judging an answer: is it a degenerate loop?
 
-Owns the check that backs up vLLM's own repetition detection (which the engine applies while decoding and
+Owns the checks that back up vLLM's own repetition detection (which the engine applies while decoding and
 which only sees exact repeats at the very end of an answer). A loop that varies a little (a poem circling
-on near-identical lines, a number that keeps growing digits) runs to the token limit, and still compresses
-far better than prose: zlib finds the repeats wherever they are. Only answers cut by the token limit are
-judged that way: an answer that ended by itself is not a runaway, and long structured answers (a table, a
-JSON list of similar records) can compress almost as well as a loop.
+on near-identical lines, a count that keeps going) runs to the token limit, and still compresses far better
+than prose: zlib finds the repeats wherever they are, once every digit is read as "0". Two checks use it:
+`tail_is_loop`, on the last bytes of an answer while it is written (the engine's loop watch), and
+`is_degenerate`, on a finished answer. An answer that ended by itself is judged only by the watch's tail, not
+as a whole: it is not a runaway, and a long structured answer (a table, a JSON list of records) can compress
+almost as well as a loop over its whole length.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ import zlib
 # Below this many bytes a text is too short for its compression ratio to mean much (zlib's own header and
 # a short answer's few repeats would decide it).
 MIN_BYTES = 512
+
+
+# Every digit is read as "0" by the loop checks: a runaway count ("165 + 39 = 264, 166 + 39 = 264, …",
+# "131. The X Factor", "1801, 1807, 1813, …") repeats itself but for its numbers, which zlib cannot see past.
+_DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+
+
+def _loop_ratio(text: str) -> float:
+    return compression_ratio(text.translate(_DIGITS_AS_ZERO))
 
 
 def compression_ratio(text: str) -> float:
@@ -27,14 +38,14 @@ def compression_ratio(text: str) -> float:
 
 def is_loop(text: str, threshold: float) -> bool:
     """Whether an answer of at least `MIN_BYTES` compresses below `threshold` (0 turns the check off)."""
-    return threshold > 0 and len(text.encode("utf-8")) >= MIN_BYTES and compression_ratio(text) < threshold
+    return threshold > 0 and len(text.encode("utf-8")) >= MIN_BYTES and _loop_ratio(text) < threshold
 
 
 def tail_is_loop(text: str, threshold: float, tail_bytes: int) -> bool:
     """Whether the last `tail_bytes` bytes of an answer being written compress below `threshold`: the answer
     has fallen into a loop, whatever it was before (0 turns the check off)."""
-    tail = text.encode("utf-8")[-tail_bytes:]
-    return threshold > 0 and len(tail) >= MIN_BYTES and len(zlib.compress(tail, 9)) / len(tail) < threshold
+    tail = text.encode("utf-8")[-tail_bytes:].decode("utf-8", errors="ignore")
+    return threshold > 0 and len(tail.encode("utf-8")) >= MIN_BYTES and _loop_ratio(tail) < threshold
 
 
 def is_degenerate(text: str, finish_reason: str, threshold: float) -> bool:

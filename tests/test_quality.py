@@ -36,20 +36,50 @@ def test_short_answers_and_a_zero_threshold_are_never_judged():
     assert compression_ratio("") == 1.0
 
 
+FRUITS = [
+    "apple",
+    "banana",
+    "cherry",
+    "date",
+    "elderberry",
+    "fig",
+    "grape",
+    "honeydew",
+    "kiwi",
+    "lemon",
+    "mango",
+    "nectarine",
+    "orange",
+    "papaya",
+]
+NAMES = ["Alice Martin", "Bob Chen", "Carla Diaz", "Dev Patel", "Emma Rossi", "Farid Haddad", "Grace Kim", "Hugo Silva"]
+STEPS = [
+    "Preheat the oven to 200 C", "Wash and dry the potatoes", "Cut them into even wedges",
+    "Toss with olive oil and salt", "Add rosemary and garlic", "Spread on a lined tray", "Roast for twenty minutes",
+    "Turn every wedge over", "Roast another fifteen minutes", "Check they are golden", "Season with black pepper",
+    "Grate some parmesan on top", "Rest for two minutes", "Serve with a yogurt dip",
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        "\n".join(f"| {i} | item {i} | {i * 3.5:.2f} |" for i in range(30)),  # a table
-        "\n".join(f"{i}. Step {i}: open the file, read line {i}, and print it." for i in range(1, 25)),  # a list
+        "| Fruit | Price per kg | Season |\n|---|---|---|\n"
+        + "\n".join(
+            f"| {f} | {1.5 + i * 0.37:.2f} | {('spring', 'summer', 'autumn')[i % 3]} |" for i, f in enumerate(FRUITS)
+        ),
+        "\n".join(f"{i}. {step}." for i, step in enumerate(STEPS, 1)),
         "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n" * 3,
-        json.dumps([{"id": i, "name": f"user{i}", "active": i % 2 == 0} for i in range(20)], indent=2),
+        json.dumps(
+            [{"id": i, "name": n, "email": n.split()[0].lower() + "@example.com"} for i, n in enumerate(NAMES * 2)],
+            indent=2,
+        ),
     ],
     ids=["table", "numbered-list", "repeated-function", "json"],
 )
 def test_structured_answers_that_end_by_themselves_are_not_loops(text):
     assert not is_degenerate(text, "stop", 0.15), compression_ratio(text)
-    # Nor does the watch over an answer being written cut them (a JSON list of near-identical records is the
-    # closest: its last 1,024 bytes compress to 0.158).
+    # Nor does the watch over an answer being written cut them.
     assert not tail_is_loop(text, 0.15, 1024), compression_ratio(text[-1024:])
 
 
@@ -74,3 +104,11 @@ def test_only_the_engine_stop_or_a_cut_answer_that_compresses_like_a_loop_is_deg
     rng = random.Random(0)
     long_prose = " ".join(rng.choice(words) for _ in range(600))
     assert not is_degenerate(long_prose, "length", 0.15)  # long text cut by the limit is only truncated
+
+
+def test_a_count_that_runs_away_is_a_loop_though_its_numbers_never_repeat():
+    primes = "The primes are " + ", ".join(str(n) for n in range(1801, 2400, 6))
+    assert compression_ratio(primes) > 0.3  # zlib alone reads the new digits as new text
+    sums = ", ".join(f"{i} + 39 = 264" for i in range(120, 200))
+    for runaway in (primes, sums):
+        assert tail_is_loop(runaway, 0.15, 1024) and is_degenerate(runaway, "length", 0.15)
