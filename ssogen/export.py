@@ -30,7 +30,15 @@ from ssogen.errors import WriteError
 from ssogen.files import atomic_write_bytes, fsync_file, writing
 from ssogen.gather import BUCKET_BYTES, Gathered, gather
 from ssogen.library import Templates
-from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, ROW_GROUP_BYTES, SETTINGS_FILE, OutputFolder, rows_per_group
+from ssogen.store import (
+    DROPPED_ANSWERS,
+    DROPPED_SCHEMA,
+    RECORD_SCHEMA,
+    ROW_GROUP_BYTES,
+    SETTINGS_FILE,
+    OutputFolder,
+    rows_per_group,
+)
 from ssogen.views import VIEWS, llamafactory_dataset_info, split_of, view_tables
 
 logger = logging.getLogger(__name__)
@@ -221,7 +229,8 @@ def _write(
         kept = table.filter(is_kept).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
         gone = table.filter(pc.invert(is_kept))
         dropped = pa.Table.from_arrays(
-            [gone["prompt_id"], gone["prompt"], gone["drop_reason"], gone["features"]], schema=DROPPED_SCHEMA
+            [gone[name] for name in ("prompt_id", "prompt", "drop_reason", "features", *DROPPED_ANSWERS)],
+            schema=DROPPED_SCHEMA,
         )
         del table, gone
         card.add(kept, dropped)

@@ -81,7 +81,7 @@ def query_stages(setup: Setup, query: Query) -> Stages:
         {role: a.text for role, a in answers.items()}, {role: a.degenerate for role, a in answers.items()}
     )
     if reason:
-        return dropped_row(plan, query, features, reason)
+        return dropped_row(plan, query, features, reason, answers)
 
     # y° was sampled under x itself: its sampled-token log-probabilities are π̃'s terms, no rescoring.
     scores = {role: a.logprobs for role, a in answers.items() if a.logprobs is not None}
@@ -279,8 +279,19 @@ def _record(
     }
 
 
-def dropped_row(plan: Plan, query: Query, features: list[Feature], reason: str) -> Row:
-    return {**_identity(plan, query, features), "truncated": False, "drop_reason": reason}
+def dropped_row(
+    plan: Plan, query: Query, features: list[Feature], reason: str, answers: dict[str, Answer] | None = None
+) -> Row:
+    """A dropped query's row; with its answers when they were sampled (the reason can then be read)."""
+    row = {**_identity(plan, query, features), "truncated": False, "drop_reason": reason}
+    for role, answer in (answers or {}).items():
+        row |= {
+            role: answer.text,
+            f"finish_{role}": answer.finish_reason,
+            f"tokens_{role}": len(answer.token_ids),
+            f"degenerate_{role}": answer.degenerate,
+        }
+    return row
 
 
 def _identity(plan: Plan, query: Query, features: list[Feature]) -> Row:

@@ -78,8 +78,17 @@ RECORD_SCHEMA = pa.schema(
 )
 # A chunk holds kept and dropped queries alike; drop_reason is null for a kept one.
 CHUNK_SCHEMA = RECORD_SCHEMA.append(pa.field("drop_reason", pa.string()))
+# A query dropped after its answers were sampled keeps them (a loop, an empty or a repeated answer can be read
+# there); one dropped before (too long, empty) has none.
+DROPPED_ANSWERS = [f"{prefix}{role}" for prefix in ("", "finish_") for role in ("chosen", "rejected", "original")]
 DROPPED_SCHEMA = pa.schema(
-    [("prompt_id", pa.string()), ("prompt", pa.string()), ("reason", pa.string()), ("features", pa.list_(pa.string()))]
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("reason", pa.string()),
+        ("features", pa.list_(pa.string())),
+        *[(name, pa.string()) for name in DROPPED_ANSWERS],
+    ]
 )
 
 

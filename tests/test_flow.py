@@ -86,6 +86,34 @@ def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_z
         assert [answer_request(plan, query, role, [1, 2]).loop_watch for role in ROLES] == [watch] * 3
 
 
+def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_read(shared_data, tmp_path):
+    from ssogen.engine import Completion
+    from ssogen.stages import Setup, query_stages
+
+    plan = small_plan(
+        shared_data / "seed_tasks.jsonl", tmp_path, limit=1, max_new_tokens=16, feature_selection="random"
+    )
+    stages = query_stages(Setup(plan, 2048), plan.queries.queries[0])
+    asked = next(stages)
+    assert sorted(asked) == ["chosen", "original", "rejected"]
+    got = {
+        "chosen": Completion("yes yes yes", [1, 2, 3], "repetition"),
+        "rejected": Completion("A short answer.", [4, 5], "stop"),
+        "original": Completion("Another answer.", [6, 7], "stop"),
+    }
+    with pytest.raises(StopIteration) as finished:
+        stages.send(got)
+    row = finished.value.value
+    assert row["drop_reason"] == "degenerate_chosen"
+    assert (row["chosen"], row["finish_chosen"], row["tokens_chosen"], row["degenerate_chosen"]) == (
+        "yes yes yes",
+        "repetition",
+        3,
+        True,
+    )
+    assert (row["rejected"], row["finish_original"], row["degenerate_original"]) == ("A short answer.", "stop", False)
+
+
 def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_is_otherwise_unchanged(
     engine, tokenizer
 ):

@@ -27,8 +27,7 @@ def export(tmp_path, rows, dropped_rows=(), test_size=0.3):
     settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))
     folder.prepare(settings, overwrite=False)
     chunk = [{**row, "drop_reason": None} for row in rows] + [
-        {"prompt_id": d["prompt_id"], "prompt": d["prompt"], "features": d["features"], "drop_reason": d["reason"]}
-        for d in dropped_rows
+        {**{k: v for k, v in d.items() if k != "reason"}, "drop_reason": d["reason"]} for d in dropped_rows
     ]
     folder.write_chunk(chunk)
     order = [row["prompt_id"] for row in chunk]
@@ -125,6 +124,20 @@ def test_card_of_a_run_with_drops_lists_the_reasons(tmp_path):
     assert counts["dropped"] == {"train": 3}
     assert "| chosen_equals_rejected | 2 |" in card and "| empty_query | 1 |" in card
     assert load_dataset(str(tmp_path), "dropped", split="train")["reason"].count("empty_query") == 1
+
+
+def test_the_dropped_table_keeps_the_answers_of_a_query_dropped_after_sampling(tmp_path):
+    loop = {"chosen": "yes " * 50, "rejected": "no", "original": "maybe"}
+    dropped = [
+        {"prompt_id": "d1", "prompt": "q", "reason": "degenerate_chosen", "features": ["Safety"], **loop}
+        | {"finish_chosen": "repetition", "finish_rejected": "stop", "finish_original": "stop"},
+        {"prompt_id": "d2", "prompt": "", "reason": "empty_query", "features": []},
+    ]
+    export(tmp_path, [record(i) for i in range(3)], dropped, test_size=0.0)
+    table = load_dataset(str(tmp_path), "dropped", split="train").to_pandas().set_index("prompt_id")
+    assert table.loc["d1", "chosen"] == loop["chosen"] and table.loc["d1", "finish_chosen"] == "repetition"
+    assert table.loc["d1", "original"] == "maybe"
+    assert table.loc["d2", ["chosen", "rejected", "original", "finish_chosen"]].isna().all()  # never sampled
 
 
 # What the SSO authors' LLaMA-Factory fork reads (myllamafactory/src/llamafactory/data/parser.py, aligner.py):
