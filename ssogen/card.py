@@ -76,8 +76,9 @@ def summarize(records: pa.Table, dropped: pa.Table) -> dict[str, Any]:
 def degenerate_counts(records: pa.Table, dropped: pa.Table) -> dict[str, dict[str, int]] | None:
     """Answers judged degenerate loops, per role: flagged in kept rows, of which the engine stopped, and in drops.
 
-    A dropped query records only its reason (``degenerate_chosen`` / ``degenerate_original``), so it counts
-    for that role alone. None for a build made before loops were recorded (no ``degenerate_*`` columns).
+    A dropped query counts for the role its reason names (``degenerate_chosen`` / ``degenerate_original``)
+    alone: that is the answer it was dropped for. None for a build made before loops were recorded (no
+    ``degenerate_*`` columns).
     """
     if not all(f"degenerate_{role}" in records.column_names for role in ROLES):
         return None

@@ -95,10 +95,9 @@ class BuildConfig:
     loop_compression: float = _setting(
         0.15,
         "Text that zlib compresses below this fraction of its size (every digit read as 0) circles on "
-        "near-copies of itself: an answer "
-        "whose last 1,024 bytes do, checked every 64 tokens from the 256th while it is written, is aborted as a "
-        "loop (finish reason 'repetition'), and an answer cut by the token limit is judged whole the same way. "
-        "0 turns both off.",
+        "near-copies of itself: an answer whose last 1,024 bytes do, checked every 64 tokens from the 256th "
+        "while it is written, is aborted as a loop (finish reason 'repetition'), and an answer cut by the token "
+        "limit is judged whole the same way. 0 turns both off.",
     )
     chunk_size: int = _setting(
         256,

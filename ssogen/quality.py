@@ -44,8 +44,7 @@ def is_loop(text: str, threshold: float) -> bool:
 def tail_is_loop(text: str, threshold: float, tail_bytes: int) -> bool:
     """Whether the last `tail_bytes` bytes of an answer being written compress below `threshold`: the answer
     has fallen into a loop, whatever it was before (0 turns the check off)."""
-    tail = text.encode("utf-8")[-tail_bytes:].decode("utf-8", errors="ignore")
-    return threshold > 0 and len(tail.encode("utf-8")) >= MIN_BYTES and _loop_ratio(tail) < threshold
+    return is_loop(text.encode("utf-8")[-tail_bytes:].decode("utf-8", errors="ignore"), threshold)
 
 
 def is_degenerate(text: str, finish_reason: str, threshold: float) -> bool:
