@@ -115,7 +115,9 @@ class Request:
 class Completion:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (ended by itself), "length" (cut by max_tokens) or "repetition" (a loop)
+    # "stop" (ended by itself), "length" (cut by max_tokens), "repetition" (a loop) or "abandoned" (no
+    # longer needed: `EngineStream.abandon`; the text is what was written by then, if it was read).
+    finish_reason: str
     token_logprobs: list[float] | None = None
     # With `Request.logprob_token_ids`: token id -> log-probability at the first answer position.
     label_logprobs: dict[int, float] | None = None
@@ -138,6 +140,7 @@ class EngineStats:
     steps: int = 0
     step_sequences: int = 0
     loops_aborted: int = 0  # watched answers ended by ssogen's loop check while being written
+    abandoned: int = 0  # generations aborted because their query was already decided (`EngineStream.abandon`)
 
     @property
     def sequences_per_step(self) -> float:
@@ -591,6 +594,27 @@ class EngineStream:
             self.engine.llm.llm_engine.abort_request([request_id])
         except Exception as exc:
             raise self.engine.failure(self.desc, exc) from exc
+
+    def abandon(self, key: Hashable) -> Completion | None:
+        """Abort the generation in flight under `key`, as no longer needed; what it had written by then.
+
+        A watched generation has been read a piece per step, so its text so far comes back; any other comes
+        back empty. Either way the finish reason is 'abandoned'. None when it is no longer in flight (it
+        finished in the same step, and its result is among that step's).
+        """
+        found = (rid for rid, item in self.pending.items() if item.key == key and item.kind == "generate")
+        request_id = next(found, None)
+        if request_id is None:
+            return None
+        self._abort(request_id)
+        item = self.pending.pop(request_id)
+        self.generations_left -= 1
+        self.engine.stats.abandoned += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if item.watched:
+            return self.engine._counted(item.completion("abandoned"), self.desc)
+        return Completion("", [], "abandoned")
 
     def close(self) -> None:
         if self._bar is not None:

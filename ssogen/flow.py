@@ -32,7 +32,7 @@ from ssogen.files import atomic_write_bytes
 from ssogen.models import cache_dir
 from ssogen.plan import Plan
 from ssogen.sources import Query
-from ssogen.stages import ROLES, Ask, Row, Scoring, Setup, Stages, query_stages
+from ssogen.stages import ROLES, Ask, Row, Scoring, Setup, Stages, query_stages, settles_query
 from ssogen.steer import mean_scores, name_token_ids, selection_prompt
 
 logger = logging.getLogger(__name__)
@@ -167,11 +167,12 @@ class Flow:
         if self.stream.pending:
             for (order, name), result in self.stream.step():
                 live = self.live[order]
-                live.got[name] = result
-                if self.trace is not None and name in ROLES and isinstance(result, Completion):
-                    request = live.asked[name]
-                    assert isinstance(request, Request)
-                    self.trace(live.query.prompt_id, name, request, result)
+                self._got(live, name, result)
+                if settles_query(name, result):  # the query is dropped: its other answers are not needed
+                    for other in live.asked.keys() - live.got.keys():
+                        # None: it finished in this same step, and its own result comes later in this loop
+                        if (abandoned := self.stream.abandon((order, other))) is not None:
+                            self._got(live, other, abandoned)
                 if len(live.got) == len(live.asked):
                     self._advance(live, live.got)
         rows, self._finished = self._finished, []
@@ -181,6 +182,13 @@ class Flow:
         self.stream.close()
         for live in self.live.values():
             live.stages.close()
+
+    def _got(self, live: _Live, name: str, result: Any) -> None:
+        live.got[name] = result
+        if self.trace is not None and name in ROLES and isinstance(result, Completion):
+            request = live.asked[name]
+            assert isinstance(request, Request)
+            self.trace(live.query.prompt_id, name, request, result)
 
     def _advance(self, live: _Live, got: dict[str, Any] | None) -> None:
         try:

@@ -48,6 +48,7 @@ class BuildSummary:
     steps: int = 0  # engine steps that produced tokens, and the sequences per such step
     sequences_per_step: float = 0.0
     loops_aborted: int = 0  # answers the loop watch ended while they were written
+    abandoned: int = 0  # answers left unfinished because their query was already dropped for a loop
     engine_log: str | None = None
     save_seconds: float = 0.0  # writing finished chunks (the cost of being resumable)
     remote_engine: bool = False  # the engines ran in Ray replicas, whose figures this process does not see
@@ -70,7 +71,8 @@ class BuildSummary:
                 else f"tokens generated: {self.generated_tokens} in {self.generate_seconds:.1f}s "
                 f"({self.tokens_per_second:.1f} tok/s); {self.steps} engine steps, "
                 f"{self.sequences_per_step:.1f} sequences per step; engine start {self.engine_start_seconds:.1f}s; "
-                f"{self.loops_aborted} answers aborted as loops while written"
+                f"{self.loops_aborted} answers aborted as loops while written, "
+                f"{self.abandoned} abandoned as their query was dropped"
             ),
             f"saving chunks {self.save_seconds:.2f}s; wall {self.wall_seconds:.1f}s",
             *([f"vLLM's own output: {self.engine_log}"] if self.engine_log else []),
@@ -122,6 +124,7 @@ def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSu
             summary.steps = engine.stats.steps
             summary.sequences_per_step = engine.stats.sequences_per_step
             summary.loops_aborted = engine.stats.loops_aborted
+            summary.abandoned = engine.stats.abandoned
 
     exported = export_folder(
         plan.folder,

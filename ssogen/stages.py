@@ -22,6 +22,7 @@ from ssogen.quality import is_degenerate
 from ssogen.scoring import mean_logprob, weight
 from ssogen.sources import Query
 from ssogen.steer import (
+    CHOSEN_SIDES,
     PRINCIPLES_SCHEMA,
     ROLES,
     STEERED,
@@ -248,6 +249,12 @@ def _clean(plan: Plan, role: str, completion: Completion) -> Answer:
     degenerate = is_degenerate(text, completion.finish_reason, plan.config.loop_compression)
     logprobs = completion.token_logprobs if unchanged else None
     return Answer(text, token_ids, completion.finish_reason, degenerate, logprobs)
+
+
+def settles_query(name: str, result: Any) -> bool:
+    """Whether one answer already decides its query while the others are being written: a chosen side (y+
+    or y°) stopped as a loop drops the query (`drop_reason`), so its other answers need not be finished."""
+    return name in CHOSEN_SIDES and isinstance(result, Completion) and result.finish_reason == "repetition"
 
 
 # --- 5. rows ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ssogen.library import Feature, Templates
 
 ROLES = ("chosen", "rejected", "original")
 STEERED = ("chosen", "rejected")  # the roles whose prompts carry a steering message
+CHOSEN_SIDES = ("chosen", "original")  # y+ is chosen in the main pair, y° in the second steering pair
 SIDES = {"chosen": "positive", "rejected": "negative"}
 
 
@@ -210,12 +211,13 @@ def drop_reason(texts: Mapping[str, str], degenerate: Mapping[str, bool]) -> str
     y+ is the chosen side of the main pair and y° of the second steering pair, so neither may be a loop; a
     looping y- is a real failure of the policy under p-, kept (and flagged) as the rejected side.
     """
+    # A loop first: once one is seen, the query's other answers may be abandoned unfinished (even empty).
+    for role in CHOSEN_SIDES:
+        if degenerate[role]:
+            return f"degenerate_{role}"
     for role in ROLES:
         if not texts[role].strip():
             return f"empty_{role}"
-    for role in ("chosen", "original"):
-        if degenerate[role]:
-            return f"degenerate_{role}"
     if texts["chosen"] == texts["rejected"]:
         return "chosen_equals_rejected"
     if texts["rejected"] == texts["original"]:

@@ -151,6 +151,58 @@ def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_i
     assert watched.token_logprobs == pytest.approx(plain.token_logprobs)
 
 
+def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_abandoned_at_once(
+    engine, tokenizer, monkeypatch
+):
+    import ssogen.flow
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import LoopWatch
+    from ssogen.flow import Flow
+
+    chat = ChatFormat(tokenizer)
+    loop = chat.prompt_ids(
+        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
+    )
+    story = chat.prompt_ids([{"role": "user", "content": "Tell a long story about a lighthouse keeper."}])
+    watch = LoopWatch(0.15, start=128, every=32)
+
+    def stages(setup, query):  # the real engine; one query's answer stage, its looping side set by the test
+        got = yield {
+            role: Request(
+                loop if role == query.looping else story,
+                seed=i,
+                max_tokens=384,
+                temperature=0.0 if role == query.looping else 0.7,
+                ignore_eos=True,
+                loop_watch=watch,
+            )
+            for i, role in enumerate(("chosen", "rejected", "original"))
+        }
+        return {"prompt_id": query.prompt_id, **got}
+
+    monkeypatch.setattr(ssogen.flow, "query_stages", stages)
+    for looping, abandoned in (("chosen", 2), ("original", 2), ("rejected", 0)):
+        before = (engine.stats.steps, engine.stats.abandoned)
+        flow = Flow(engine, None)
+        flow.add(SimpleNamespace(prompt_id=looping, looping=looping))
+        rows = []
+        while flow.in_flight:
+            rows += flow.step()
+        flow.close()
+        [row] = rows
+        assert not flow.stream.pending
+        assert row[looping].finish_reason == "repetition" and len(row[looping].token_ids) < 384
+        others = [row[role] for role in ("chosen", "rejected", "original") if role != looping]
+        if abandoned:  # y+ or y° looped: the query is dropped, and its other answers end with the loop
+            assert [a.finish_reason for a in others] == ["abandoned"] * 2
+            # They were written side by side with the loop, so they hold about as many tokens as it did.
+            assert all(0 < len(a.token_ids) <= len(row[looping].token_ids) + 2 for a in others)
+            assert engine.stats.steps - before[0] < 384 - 64
+        else:  # a looping y- is kept: the others are written to the end
+            assert [len(a.token_ids) for a in others] == [384, 384]
+        assert engine.stats.abandoned - before[1] == abandoned
+
+
 def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):
     plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=24)
     setup = prepare(engine, plan)

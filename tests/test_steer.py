@@ -260,6 +260,9 @@ NO_LOOPS = {"chosen": False, "rejected": False, "original": False}
         (("a", "b", "c"), {"chosen": True}, "degenerate_chosen"),
         (("a", "b", "c"), {"original": True}, "degenerate_original"),
         (("a", "b", "c"), {"rejected": True}, None),  # a looping y- is kept (and flagged): the policy's failure
+        # A loop decides before emptiness: the other answers of a looping query are abandoned, maybe empty.
+        (("a", "", ""), {"chosen": True}, "degenerate_chosen"),
+        (("", "", "c"), {"original": True}, "degenerate_original"),
     ],
 )
 def test_drop_reason_for_each_filter_and_the_row_policy_on_loops(answers, loops, reason):
