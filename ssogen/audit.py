@@ -64,7 +64,7 @@ class AuditOptions:
     max_model_len: int | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager on CPU, compiled on GPU
     trust_remote_code: bool = False
 
 

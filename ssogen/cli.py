@@ -153,7 +153,12 @@ def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     audit.add_argument("--max-model-len", type=int, default=None, help="Judge context (default: what prompts need).")
     audit.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for the judge engine.")
     audit.add_argument("--gpu-memory-utilization", type=float, default=None, help="As for `ssogen build`.")
-    audit.add_argument("--enforce-eager", action="store_true", help="Skip graph compilation: faster start.")
+    audit.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Skip graph compilation: faster start, slower steps (default: eager on CPU, compiled on GPU).",
+    )
     audit.add_argument("--trust-remote-code", action="store_true", help="Allow the judge's own Python code.")
 
 

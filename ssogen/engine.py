@@ -55,7 +55,7 @@ class EngineSettings:
     max_model_len: int | None = 4096
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float | None = None
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager on CPU, compiled on GPU (see `BuildConfig.enforce_eager`)
     enable_prefix_caching: bool = True
     trust_remote_code: bool = False
     seed: int = 0
@@ -197,6 +197,8 @@ class Engine:
         if self.on_cpu:
             # The dtype that runs, so that whatever is keyed by the settings (the calibration cache) sees it.
             settings = replace(settings, dtype=cpu_dtype(settings.dtype, native_bf16_cpu()))
+        if settings.enforce_eager is None:
+            settings = replace(settings, enforce_eager=self.on_cpu)
         self.settings = settings
         self.stats = EngineStats()
         kwargs: dict[str, Any] = dict(

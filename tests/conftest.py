@@ -37,7 +37,7 @@ def engine(bundled_model) -> Iterator:
     """One real engine for the in-process tests: float32 so scores compare tightly with transformers."""
     from ssogen.engine import Engine, EngineSettings
 
-    settings = EngineSettings(model=bundled_model.path, dtype="float32", max_model_len=2048, enforce_eager=True)
+    settings = EngineSettings(model=bundled_model.path, dtype="float32", max_model_len=2048)  # eager: the CPU default
     with Engine(settings) as eng:
         yield eng
 

@@ -36,6 +36,17 @@ def test_the_admission_window_keeps_about_two_steps_of_sequences_in_flight():
     assert admission_window(SimpleNamespace(max_num_seqs=1)) == 1
 
 
+def test_on_cpu_the_engine_skips_graph_compilation_unless_asked_for_it(engine):
+    from ssogen.cli import make_parser
+
+    # The session engine was given no enforce_eager: on this CPU it resolved to eager, and vLLM runs that way.
+    assert engine.on_cpu and engine.settings.enforce_eager is True
+    assert engine.llm.llm_engine.vllm_config.model_config.enforce_eager is True
+    parse = make_parser().parse_args
+    assert not hasattr(parse(["build"]), "enforce_eager")  # left to the engine's default
+    assert parse(["build", "--no-enforce-eager"]).enforce_eager is False
+
+
 def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs(engine, tokenizer):
     from ssogen.chat import ChatFormat
 
