@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssogen.errors import SsogenError
-from ssogen.quality import tail_is_loop
+from ssogen.quality import written_is_loop
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ class Repetition:
 @dataclass(frozen=True)
 class LoopWatch:
     """ssogen's own check while an answer is written: every `every` tokens from the `start`-th on, the text's
-    last `tail_bytes` bytes are compressed (`ssogen.quality.tail_is_loop`); below `threshold`, the answer is
-    a loop and is aborted there (finish reason 'repetition'). It sees the loops that vary a little, which
-    vLLM's exact-repeat check lets run to the token limit."""
+    last `tail_bytes` bytes, and from twice that length the whole text so far, are compressed
+    (`ssogen.quality.written_is_loop`); below `threshold`, the answer is a loop and is aborted there (finish
+    reason 'repetition'). It sees the loops that vary a little, which vLLM's exact-repeat check lets run to
+    the token limit."""
 
     threshold: float
     start: int = 256
@@ -464,7 +465,7 @@ class _Pending:
         if watch is None or len(self.token_ids) < max(self.next_check, watch.start):
             return False
         self.next_check = len(self.token_ids) + watch.every
-        return tail_is_loop("".join(self.text), watch.threshold, watch.tail_bytes)
+        return written_is_loop("".join(self.text), watch.threshold, watch.tail_bytes)
 
     def completion(self, finish_reason: str) -> Completion:
         assert self.request is not None

@@ -4,10 +4,10 @@ Owns the checks that back up vLLM's own repetition detection (which the engine a
 which only sees exact repeats at the very end of an answer). A loop that varies a little (a poem circling
 on near-identical lines, a count that keeps going) runs to the token limit, and still compresses far better
 than prose: zlib finds the repeats wherever they are, once every digit is read as "0". Two checks use it:
-`tail_is_loop`, on the last bytes of an answer while it is written (the engine's loop watch), and
-`is_degenerate`, on a finished answer. An answer that ended by itself is judged only by the watch's tail, not
-as a whole: it is not a runaway, and a long structured answer (a table, a JSON list of records) can compress
-almost as well as a loop over its whole length.
+`written_is_loop`, on an answer while it is written (the engine's loop watch), and `is_degenerate`, on a
+finished answer. An answer that ended by itself is judged only by the watch, not as a whole once it is done:
+it is not a runaway, and a long structured answer (a table, a JSON list of records) can compress almost as
+well as a loop over its whole length.
 """
 
 from __future__ import annotations
@@ -41,10 +41,15 @@ def is_loop(text: str, threshold: float) -> bool:
     return threshold > 0 and len(text.encode("utf-8")) >= MIN_BYTES and _loop_ratio(text) < threshold
 
 
-def tail_is_loop(text: str, threshold: float, tail_bytes: int) -> bool:
-    """Whether the last `tail_bytes` bytes of an answer being written compress below `threshold`: the answer
-    has fallen into a loop, whatever it was before (0 turns the check off)."""
-    return is_loop(text.encode("utf-8")[-tail_bytes:].decode("utf-8", errors="ignore"), threshold)
+def written_is_loop(text: str, threshold: float, tail_bytes: int) -> bool:
+    """Whether an answer being written has become a loop (0 turns the check off): its last `tail_bytes` bytes
+    compress below `threshold` (it has fallen into a loop, whatever it was before), or, once it is twice that
+    long, the whole text so far does (a loop whose period is too long for the tail to hold: a paragraph said
+    over and over, a little differently each time)."""
+    raw = text.encode("utf-8")
+    if is_loop(raw[-tail_bytes:].decode("utf-8", errors="ignore"), threshold):
+        return True
+    return len(raw) >= 2 * tail_bytes and is_loop(text, threshold)
 
 
 def is_degenerate(text: str, finish_reason: str, threshold: float) -> bool:

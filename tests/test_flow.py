@@ -130,7 +130,7 @@ def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_i
 ):
     from ssogen.chat import ChatFormat
     from ssogen.engine import LoopWatch
-    from ssogen.quality import tail_is_loop
+    from ssogen.quality import written_is_loop
 
     chat = ChatFormat(tokenizer)
     loop = chat.prompt_ids(
@@ -150,7 +150,7 @@ def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_i
     assert unwatched.finish_reason == "length" and len(unwatched.token_ids) == 384
     # Aborted at the first checkpoint (128, 160, …) whose tail is long enough to judge and compresses as a loop.
     ids = unwatched.token_ids
-    first = next(n for n in range(128, 385, 32) if tail_is_loop(tokenizer.decode(ids[:n]), 0.15, watch.tail_bytes))
+    first = next(n for n in range(128, 385, 32) if written_is_loop(tokenizer.decode(ids[:n]), 0.15, watch.tail_bytes))
     assert looped.finish_reason == "repetition" and len(looped.token_ids) == first < 384, looped.text[-200:]
     assert looped.token_ids == ids[:first] and unwatched.text.startswith(looped.text)
     assert looped.token_logprobs == pytest.approx(unwatched.token_logprobs[:first])

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop, tail_is_loop
+from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop, written_is_loop
 
 PROSE = (
     "Photosynthesis is the process by which green plants, algae and some bacteria turn light into chemical energy. "
@@ -80,7 +80,7 @@ STEPS = [
 def test_structured_answers_that_end_by_themselves_are_not_loops(text):
     assert not is_degenerate(text, "stop", 0.15), compression_ratio(text)
     # Nor does the watch over an answer being written cut them.
-    assert not tail_is_loop(text, 0.15, 1024), compression_ratio(text[-1024:])
+    assert not written_is_loop(text, 0.15, 1024), compression_ratio(text[-1024:])
 
 
 def test_the_watch_sees_an_answer_fall_into_a_loop_by_its_tail_while_the_whole_still_reads_as_prose():
@@ -89,10 +89,24 @@ def test_the_watch_sees_an_answer_fall_into_a_loop_by_its_tail_while_the_whole_s
     prose = " ".join(rng.choice(words) for _ in range(500))
     falling = prose + " I'm looking forward to your feedback on my presentation." * 25
     assert not is_loop(falling, 0.15)  # as a whole it still compresses like text
-    assert tail_is_loop(falling, 0.15, 1024)  # its last 1,024 bytes are the loop
-    assert not tail_is_loop(prose, 0.15, 1024)
-    assert not tail_is_loop("ha " * 170, 0.15, 1024)  # under MIN_BYTES: too short to judge
-    assert not tail_is_loop(falling, 0.0, 1024)  # the check turned off
+    assert written_is_loop(falling, 0.15, 1024)  # its last 1,024 bytes are the loop
+    assert not written_is_loop(prose, 0.15, 1024)
+    assert not written_is_loop("ha " * 170, 0.15, 1024)  # under MIN_BYTES: too short to judge
+    assert not written_is_loop(falling, 0.0, 1024)  # the check turned off
+
+
+def test_the_watch_sees_a_paragraph_said_over_and_over_by_the_whole_text_though_its_tail_reads_as_prose():
+    rng = random.Random(1)
+    words = PROSE.split()
+    paragraph = " ".join(rng.choice(words) for _ in range(100))  # about 600 bytes: longer than half the tail
+    circling = "\n\n".join(paragraph.replace(words[0], words[i], 1) for i in range(1, 9))  # a little different
+    tail = circling.encode()[-1024:].decode()
+    assert not is_loop(tail, 0.15), compression_ratio(tail)  # the tail holds under two turns of the loop
+    assert written_is_loop(circling, 0.15, 1024), compression_ratio(circling)
+    # The whole is judged only from twice the tail's length, where the tail alone could not see a long loop.
+    assert not written_is_loop(circling[:1500], 0.15, 1024)
+    long_prose = " ".join(rng.choice(words) for _ in range(900))
+    assert len(long_prose.encode()) > 2048 and not written_is_loop(long_prose, 0.15, 1024)
 
 
 def test_only_the_engine_stop_or_a_cut_answer_that_compresses_like_a_loop_is_degenerate():
@@ -111,4 +125,4 @@ def test_a_count_that_runs_away_is_a_loop_though_its_numbers_never_repeat():
     assert compression_ratio(primes) > 0.3  # zlib alone reads the new digits as new text
     sums = ", ".join(f"{i} + 39 = 264" for i in range(120, 200))
     for runaway in (primes, sums):
-        assert tail_is_loop(runaway, 0.15, 1024) and is_degenerate(runaway, "length", 0.15)
+        assert written_is_loop(runaway, 0.15, 1024) and is_degenerate(runaway, "length", 0.15)
