@@ -36,7 +36,7 @@ class BuildConfig:
     )
     queries: str | None = _setting(
         None,
-        "Queries: a JSONL/JSON/CSV/Parquet file or a Hub dataset id; empty for the bundled 24 queries (four "
+        "Queries: a JSONL/JSON/CSV/Parquet file or a Hub dataset id; empty for the bundled 18 queries (three "
         "each of code, maths, advice, writing, explanation and safety).",
     )
     query_column: str | None = _setting(

@@ -73,7 +73,10 @@ def prepare(engine: Engine | None, plan: Plan) -> Setup:
     calibration = _read_calibration(cache, len(names))
     if calibration is None:
         engine.reset_prefix_cache()  # the same floats on every run (bf16 on CPU depends on cache hits)
-        done = engine.generate(requests, desc="calibrate selection")
+        # The first prompt alone fills the cache with the few-shot prefix they all share; sent together, every
+        # one of them would compute it again (a cached block only serves requests scheduled after it).
+        done = engine.generate(requests[:1], desc="calibrate selection")
+        done += engine.generate(requests[1:], desc="calibrate selection")
         calibration = mean_scores([[c.label_logprobs[t] for t in names] for c in done if c.label_logprobs])
         _write_calibration(cache, calibration)
     return Setup(plan, setup.context_len, names, tuple(calibration))

@@ -244,7 +244,7 @@ def test_the_selection_calibration_is_scored_once_per_engine_settings_and_then_r
     before = calibration_tokens()
     first = prepare(engine, plan)
     scored = calibration_tokens() - before
-    assert scored >= 80  # one token per reference query, in one held call
+    assert scored >= 80  # one token per reference query
     [cached] = (tmp_path / "cache" / "calibration").glob("*.json")
     second = prepare(engine, plan)
     assert calibration_tokens() - before == scored  # nothing asked of the engine the second time
