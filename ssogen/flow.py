@@ -136,6 +136,9 @@ class _Live:
 class Flow:
     """Queries on one engine, each advancing through its stages as its own results come back.
 
+    A result that already decides its query (`ssogen.stages.settles_query`: a looping y+ or y°) has the rest
+    of that stage abandoned at once (`EngineStream.abandon`), so a lost query stops costing engine steps.
+
     ``held``: a query's next requests wait until every request in flight has finished, then all go to the
     engine together with the scheduler held (the stages of a chunk run in lockstep, as fixed batches).
     """
