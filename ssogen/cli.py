@@ -40,7 +40,8 @@ def _add_build_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(BuildConfig):
         kind = _field_type(f.name)
         default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings; a literal "%" in a setting's help would crash `--help`.
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         # SUPPRESS keeps "not given" apart from "given as the default", so flags only override what they name.
         if kind is bool:
             parser.add_argument(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from ssogen.cli import build_config, make_parser
@@ -80,3 +82,22 @@ def test_auto_dtype_runs_float32_on_a_cpu_without_native_bfloat16_and_an_explici
     assert cpu_dtype("auto", native_bf16=True) == "auto"
     assert cpu_dtype("bfloat16", native_bf16=False) == "bfloat16"
     assert cpu_dtype("float16", native_bf16=True) == "float16"
+
+
+def test_help_of_every_command_renders_and_lists_every_build_setting():
+    from dataclasses import fields
+
+    parser = make_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"build", "bench", "audit", "inspect", "merge", "push"}
+    for name, sub in commands.choices.items():
+        text = sub.format_help()  # argparse %-formats help text: a stray "%" raises here
+        if name in {"build", "bench"}:
+            for f in fields(BuildConfig):
+                assert f"--{f.name.replace('_', '-')}" in text, (name, f.name)
+
+
+def test_cli_build_help_exits_0():
+    result = run_cli("build", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--enforce-eager" in result.stdout and "20 %" in result.stdout
