@@ -8,7 +8,8 @@ Owns three measurements in one process on one warmed engine, over the same queri
                replayed to exactly its length (no selection, no scoring, no log-probabilities), so both runs
                decode the same number of tokens per sequence;
     reference  the SSO authors' procedure re-created: sequential batches of 16 queries, one sampled
-               feature-selection call, then one engine call per role per batch, no scoring.
+               feature-selection call, then one engine call per role per batch, no scoring (skipped with
+               --no-reference: it is the slowest of the three).
 Throughput counts the answer tokens (y+, y-, y°) each run generated over its wall time. Beside it, what a
 GPU pays for, counted on any device: the engine steps that produced tokens (a decode step reads every
 weight whatever the batch, so on a GPU the steps are the time) and the sequences per such step.
@@ -62,16 +63,26 @@ class BenchResult:
     def median(self, name: str, attribute: str) -> float:
         return statistics.median(getattr(m, attribute) for m in self.runs[name])
 
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """The measurements that ran (the reference is optional)."""
+        return tuple(name for name in MEASUREMENTS if self.runs.get(name))
+
     def ratios(self) -> dict[str, float]:
-        return ratios(
+        """The bench line's ratios; those against the reference only when it ran."""
+        with_reference = "reference" in self.measured
+        values = ratios(
             ssogen_tps=self.median("ssogen", "tokens_per_second"),
             raw_tps=self.median("raw", "tokens_per_second"),
-            reference_tps=self.median("reference", "tokens_per_second"),
+            reference_tps=self.median("reference", "tokens_per_second") if with_reference else 0.0,
             ssogen_steps=self.median("ssogen", "steps"),
             raw_steps=self.median("raw", "steps"),
             ssogen_sequences_per_step=self.median("ssogen", "sequences_per_step"),
             raw_sequences_per_step=self.median("raw", "sequences_per_step"),
         )
+        if not with_reference:
+            del values["vs_reference"], values["raw_vs_reference"]
+        return values
 
 
 def _safe_div(a: float, b: float) -> float:
@@ -202,9 +213,16 @@ def _send(stages: Any, got: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def run_bench(
-    engine: Engine, plan: Plan, repeats: int, *, reproducible: bool = False, log: Callable[[str], Any] = print
+    engine: Engine,
+    plan: Plan,
+    repeats: int,
+    *,
+    reproducible: bool = False,
+    reference: bool = True,
+    log: Callable[[str], Any] = print,
 ) -> BenchResult:
-    """Warm the engine, then measure ssogen, raw and reference `repeats` times each (interleaved)."""
+    """Warm the engine, then measure ssogen, raw and (unless `reference` is False) the reference `repeats` times
+    each, interleaved."""
     setup = prepare(engine, plan)
     warm = replace(plan, queries=replace(plan.queries, queries=plan.queries.queries[:2]))
     for _ in flow_chunks(engine, replace(setup, plan=warm), warm.queries.queries, chunk_size=2):
@@ -217,9 +235,11 @@ def run_bench(
         ssogen, answers = measure_ssogen(engine, setup, chunk_size, reproducible)
         engine.reset_prefix_cache()
         raw = measure_raw(engine, answers)
-        engine.reset_prefix_cache()
-        reference = measure_reference(engine, plan)
-        for m in (ssogen, raw, reference):
+        measured = [ssogen, raw]
+        if reference:
+            engine.reset_prefix_cache()
+            measured.append(measure_reference(engine, plan))
+        for m in measured:
             result.runs[m.name].append(m)
             log(
                 f"repeat {repeat} {m.name:>9}: wall {m.wall_seconds:7.2f}s  answer tokens {m.answer_tokens:6d}  "

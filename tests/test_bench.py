@@ -50,6 +50,35 @@ def test_medians_over_repeats_feed_the_ratios():
     assert values["occupancy"] == pytest.approx(10 / 20)
 
 
+def test_without_a_reference_run_the_line_has_no_reference_ratios():
+    result = BenchResult(
+        runs={
+            "ssogen": [Measurement("ssogen", 2.0, 100, steps=12, step_sequences=120)],
+            "raw": [Measurement("raw", 1.0, 100, steps=10, step_sequences=110)],
+            "reference": [],
+        }
+    )
+    assert result.measured == ("ssogen", "raw")
+    assert result.ratios() == pytest.approx({"vs_raw": 0.5, "steps_vs_raw": 1.2, "occupancy": 10 / 11})
+
+
+def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine(engine, shared_data, tmp_path):
+    from ssogen.bench import run_bench
+    from ssogen.config import BuildConfig
+    from ssogen.plan import plan_build
+
+    config = BuildConfig(
+        queries=str(shared_data / "seed_tasks.jsonl"), limit=3, max_new_tokens=8, chunk_size=2, max_model_len=2048,
+        output=tmp_path / "o",
+    )  # fmt: skip
+    lines: list[str] = []
+    result = run_bench(engine, plan_build(config), 1, reference=False, log=lines.append)
+    assert result.measured == ("ssogen", "raw") and result.runs["reference"] == []
+    assert [line.split(":")[0].split()[-1] for line in lines] == ["ssogen", "raw"]
+    assert set(result.ratios()) == {"vs_raw", "steps_vs_raw", "occupancy"}
+    assert result.median("raw", "answer_tokens") == result.median("ssogen", "answer_tokens") > 0
+
+
 def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
     from ssogen.bench import replay
     from ssogen.engine import Completion, LoopWatch, Repetition, Request
