@@ -139,6 +139,11 @@ class Flow:
     A result that already decides its query (`ssogen.stages.settles_query`: a looping y+ or y°) has the rest
     of that stage abandoned at once (`EngineStream.abandon`), so a lost query stops costing engine steps.
 
+    A query added to an idle engine leads: the queries added with it wait one step before their requests go
+    in. The engine reuses a cached prompt block only for requests scheduled after the one that computed it,
+    so a burst of selection prompts sent together would each compute the few-shot prefix they share; sent
+    after the leader's, they read it from the cache. This costs one step with one sequence.
+
     ``held``: a query's next requests wait until every request in flight has finished, then all go to the
     engine together with the scheduler held (the stages of a chunk run in lockstep, as fixed batches).
     """
@@ -152,6 +157,7 @@ class Flow:
         self._order = itertools.count()
         self._finished: list[Row] = []
         self._parked: list[tuple[tuple[int, str], Ask]] = []
+        self._leading = False  # a leader's first requests are in the engine; the others' wait for its step
 
     @property
     def in_flight(self) -> int:
@@ -161,7 +167,10 @@ class Flow:
     def add(self, query: Query) -> None:
         live = _Live(next(self._order), query, query_stages(self.setup, query))
         self.live[live.order] = live
+        idle = not (self.held or self.stream.pending or self._parked)
         self._advance(live, None)
+        if idle:
+            self._leading = bool(self.stream.pending)
 
     def step(self) -> list[Row]:
         """One engine step (when anything is in flight); the rows of the queries that finished."""
@@ -181,6 +190,11 @@ class Flow:
                             self._got(live, other, abandoned)
                 if len(live.got) == len(live.asked):
                     self._advance(live, live.got)
+        if self._leading:  # the leader's prompts are cached now: the rest may read them
+            self._leading = False
+            for key, ask in self._parked:
+                self._send(key, ask)
+            self._parked.clear()
         rows, self._finished = self._finished, []
         return rows
 
@@ -205,7 +219,7 @@ class Flow:
             return
         live.asked, live.got = asked, {}
         for name, ask in asked.items():
-            if self.held:
+            if self.held or self._leading:
                 self._parked.append(((live.order, name), ask))
             else:
                 self._send((live.order, name), ask)

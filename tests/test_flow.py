@@ -214,6 +214,28 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
         assert engine.stats.abandoned - before[1] == abandoned
 
 
+def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_can_read_its_cached_prompt(
+    engine, shared_data, tmp_path
+):
+    from ssogen.flow import Flow
+
+    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=8)
+    setup = prepare(engine, plan)
+    flow = Flow(engine, setup)
+    for query in plan.queries.queries:
+        flow.add(query)
+    in_flight = lambda: sorted(item.key for item in flow.stream.pending.values())  # noqa: E731
+    assert in_flight() == [(0, "select")]  # the leader's selection prompt alone
+    flow.step()
+    assert {order for order, _ in in_flight()} == {0, 1, 2, 3}
+    assert [key for key in in_flight() if key[0] > 0] == [(1, "select"), (2, "select"), (3, "select")]
+    rows = []
+    while flow.in_flight:
+        rows += flow.step()
+    flow.close()
+    assert len(rows) == 4 and {row["prompt_id"] for row in rows} == {q.prompt_id for q in plan.queries.queries}
+
+
 def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):
     plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=24)
     setup = prepare(engine, plan)
