@@ -49,4 +49,4 @@ def test_installed_wheel_loads_its_own_library_and_templates(wheel, tmp_path):
     )
     where, features, queries = result.stdout.split()
     assert Path(where).is_relative_to(tmp_path)
-    assert int(features) == 8 and int(queries) == 18  # the whole bundled query set ships in the wheel
+    assert int(features) == 8 and int(queries) == 12  # the whole bundled query set ships in the wheel

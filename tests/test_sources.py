@@ -11,10 +11,10 @@ from ssogen.errors import UsageError
 from ssogen.sources import load_queries, prompt_id
 
 
-def test_bundled_queries_are_18_distinct_prompts_small_enough_for_a_quick_first_run():
+def test_bundled_queries_are_12_distinct_prompts_small_enough_for_a_quick_first_run():
     queries = load_queries(None)
-    # Three each of code, maths, advice, writing, explanation and safety: the first run (`make run`) is a demo.
-    assert len(queries.queries) == 18
+    # Two each of code, maths, advice, writing, explanation and safety: the first run (`make run`) is a demo.
+    assert len(queries.queries) == 12
     assert queries.duplicates == 0 and not queries.empty
     assert any("SQL" in q.prompt for q in queries.queries) and any("poem" in q.prompt for q in queries.queries)
 
