@@ -36,7 +36,7 @@ class BuildConfig:
     )
     queries: str | None = _setting(
         None,
-        "Queries: a JSONL/JSON/CSV/Parquet file or a Hub dataset id; empty for the bundled 18 queries (three "
+        "Queries: a JSONL/JSON/CSV/Parquet file or a Hub dataset id; empty for the bundled 12 queries (two "
         "each of code, maths, advice, writing, explanation and safety).",
     )
     query_column: str | None = _setting(
