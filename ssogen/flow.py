@@ -192,6 +192,7 @@ class Flow:
                     self._advance(live, live.got)
         if self._leading:  # the leader's prompts are cached now: the rest may read them
             self._leading = False
+            self.stream.hold()  # all in the next step, not split by the engine starting it as they arrive
             for key, ask in self._parked:
                 self._send(key, ask)
             self._parked.clear()

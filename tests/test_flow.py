@@ -229,6 +229,8 @@ def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_
     flow.step()
     assert {order for order, _ in in_flight()} == {0, 1, 2, 3}
     assert [key for key in in_flight() if key[0] > 0] == [(1, "select"), (2, "select"), (3, "select")]
+    flow.step()  # they went in together (held until this step), so they all finished in it
+    assert not [key for key in in_flight() if key[1] == "select"]
     rows = []
     while flow.in_flight:
         rows += flow.step()
