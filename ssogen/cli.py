@@ -100,8 +100,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--reference",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Also measure the reference procedure (--no-reference: only ssogen and raw; the reference took 41 %% "
-        "of a 48-query bench here).",
+        help="Also measure the reference procedure (--no-reference: only ssogen and raw; the reference is the "
+        "slowest of the three runs).",
     )
 
     push = commands.add_parser("push", parents=[common], help="Publish a built folder to the Hub.")
