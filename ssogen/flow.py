@@ -175,10 +175,7 @@ class Flow:
     def step(self) -> list[Row]:
         """One engine step (when anything is in flight); the rows of the queries that finished."""
         if self.held and self._parked and not self.stream.pending:
-            self.stream.hold()
-            for key, ask in sorted(self._parked, key=lambda item: item[0]):
-                self._send(key, ask)
-            self._parked.clear()
+            self._release_parked()
         if self.stream.pending:
             for (order, name), result in self.stream.step():
                 live = self.live[order]
@@ -192,12 +189,16 @@ class Flow:
                     self._advance(live, live.got)
         if self._leading:  # the leader's prompts are cached now: the rest may read them
             self._leading = False
-            self.stream.hold()  # all in the next step, not split by the engine starting it as they arrive
-            for key, ask in self._parked:
-                self._send(key, ask)
-            self._parked.clear()
+            self._release_parked()
         rows, self._finished = self._finished, []
         return rows
+
+    def _release_parked(self) -> None:
+        """Send every parked request, held so that they all start in the next step (in query order)."""
+        self.stream.hold()  # else the engine starts a step with whichever have arrived and splits them
+        for key, ask in sorted(self._parked, key=lambda item: item[0]):
+            self._send(key, ask)
+        self._parked.clear()
 
     def close(self) -> None:
         self.stream.close()
