@@ -76,20 +76,30 @@ def summarize(records: pa.Table, dropped: pa.Table) -> dict[str, Any]:
 def degenerate_counts(records: pa.Table, dropped: pa.Table) -> dict[str, dict[str, int]] | None:
     """Answers judged degenerate loops, per role: flagged in kept rows, of which the engine stopped, and in drops.
 
-    A dropped query counts for the role its reason names (``degenerate_chosen`` / ``degenerate_original``)
-    alone: that is the answer it was dropped for. None for a build made before loops were recorded (no
-    ``degenerate_*`` columns).
+    In a dropped query, an answer counts for its role when the reason names it (``degenerate_chosen`` /
+    ``degenerate_original``: the answer the query was dropped for) or when the engine stopped it as a loop
+    (``finish_* = repetition``: a y- that looped beside a looping y+, say). None for a build made before loops
+    were recorded (no ``degenerate_*`` columns).
     """
     if not all(f"degenerate_{role}" in records.column_names for role in ROLES):
         return None
-    reasons = Counter(dropped.column("reason").to_pylist())
+    reasons = dropped.column("reason").to_pylist()
     counts = {}
     for role in ROLES:
         finish = records.column(f"finish_{role}").to_pylist() if f"finish_{role}" in records.column_names else []
+        dropped_finish = (
+            dropped.column(f"finish_{role}").to_pylist()
+            if f"finish_{role}" in dropped.column_names
+            else [None] * len(reasons)
+        )
         counts[role] = {
             "kept": sum(1 for flag in records.column(f"degenerate_{role}").to_pylist() if flag),
             "stopped": sum(1 for f in finish if f == "repetition"),
-            "dropped": reasons.get(f"degenerate_{role}", 0),
+            "dropped": sum(
+                1
+                for reason, f in zip(reasons, dropped_finish, strict=True)
+                if reason == f"degenerate_{role}" or f == "repetition"
+            ),
         }
         counts[role]["total"] = counts[role]["kept"] + counts[role]["dropped"]
     return counts

@@ -163,7 +163,8 @@ def _degenerate_section(counts: dict[str, dict[str, int]] | None) -> Section:
         else [[f"{r} ({ROLE_SIGN[r]})", *(str(counts[r][k]) for k in DEGENERATE_COLUMNS)] for r in ROLES],
         empty="Not recorded: this build has no degenerate_* columns (made before ssogen flagged loops).",
         note="Stopped by the engine: finish_* = repetition. A query whose y+ or y° looped is dropped "
-        "(degenerate_chosen, degenerate_original); a looping y- is kept and flagged.",
+        "(degenerate_chosen, degenerate_original); a looping y- is kept and flagged. In dropped queries an "
+        "answer counts when the reason names it or the engine stopped it as a loop.",
     )
 
 

@@ -103,8 +103,8 @@ def write_build(root: Path, records: list[dict] | None, dropped: list[dict] | No
     return root
 
 
-def dropped_row(i: int, reason: str) -> dict:
-    return {"prompt_id": f"d{i}", "prompt": f"dropped {i}", "reason": reason, "features": ["Safety"]}
+def dropped_row(i: int, reason: str, **answers: str) -> dict:
+    return {"prompt_id": f"d{i}", "prompt": f"dropped {i}", "reason": reason, "features": ["Safety"], **answers}
 
 
 # --- a real build ---------------------------------------------------------------------------------------------
@@ -375,18 +375,25 @@ def test_degenerate_answers_are_counted_by_role_in_inspect_and_the_card(tmp_path
     records = [
         record(i, degenerate_rejected=i < 3, finish_rejected="repetition" if i < 2 else "stop") for i in range(6)
     ]
-    reasons = ["degenerate_chosen", "degenerate_chosen", "degenerate_original", "empty answer"]
-    folder = write_build(tmp_path / "b", records, [dropped_row(i, r) for i, r in enumerate(reasons)])
+    dropped = [
+        # y+ looped, and so did its y- (stopped by the engine before the query was dropped): both count.
+        dropped_row(0, "degenerate_chosen", finish_chosen="repetition", finish_rejected="repetition"),
+        # y+ looped by compression (cut at the limit); y- ended normally, y° was abandoned: only y+ counts.
+        dropped_row(1, "degenerate_chosen", finish_chosen="length", finish_rejected="stop", finish_original="abandoned"),
+        dropped_row(2, "degenerate_original"),
+        dropped_row(3, "empty answer"),
+    ]
+    folder = write_build(tmp_path / "b", records, dropped)
     text = inspect_text(folder)
     header, rows = table(text, "Degenerate answers (loops)")
     assert header == ["role", "in kept rows", "of which stopped by the engine", "in dropped queries", "total"]
     assert rows == {
         "chosen (y+)": ["0", "0", "2", "2"],
-        "rejected (y-)": ["3", "2", "0", "3"],
+        "rejected (y-)": ["3", "2", "1", "4"],
         "original (y°)": ["0", "0", "1", "1"],
     }
     card = card_of(folder)
-    for line in ("| chosen | 0 | 0 | 2 | 2 |", "| rejected | 3 | 2 | 0 | 3 |", "| original | 0 | 0 | 1 | 1 |"):
+    for line in ("| chosen | 0 | 0 | 2 | 2 |", "| rejected | 3 | 2 | 1 | 4 |", "| original | 0 | 0 | 1 | 1 |"):
         assert line in card, line
 
     # A build made before loops were recorded says so instead of printing zeros.
