@@ -379,7 +379,9 @@ def test_degenerate_answers_are_counted_by_role_in_inspect_and_the_card(tmp_path
         # y+ looped, and so did its y- (stopped by the engine before the query was dropped): both count.
         dropped_row(0, "degenerate_chosen", finish_chosen="repetition", finish_rejected="repetition"),
         # y+ looped by compression (cut at the limit); y- ended normally, y° was abandoned: only y+ counts.
-        dropped_row(1, "degenerate_chosen", finish_chosen="length", finish_rejected="stop", finish_original="abandoned"),
+        dropped_row(
+            1, "degenerate_chosen", finish_chosen="length", finish_rejected="stop", finish_original="abandoned"
+        ),
         dropped_row(2, "degenerate_original"),
         dropped_row(3, "empty answer"),
     ]
