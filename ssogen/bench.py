@@ -152,14 +152,19 @@ def measure_ssogen(engine: Engine, setup: Setup, chunk_size: int, reproducible: 
         trace=lambda _pid, _role, request, completion: answers.append((request, completion)),
     ):
         pass
-    return counter.measurement("ssogen", sum(len(c.token_ids) for _, c in answers)), answers
+    written = sum(len(c.token_ids) for _, c in answers if c.finish_reason != "abandoned")
+    return counter.measurement("ssogen", written), answers
 
 
 def replay(request: Request, completion: Completion) -> Request:
-    """The same prompt and seed, generating exactly the answer's length and asking for nothing else."""
+    """The same prompt and seed, generating exactly the answer's length and asking for nothing else.
+
+    An answer abandoned because its query was dropped is replayed to the tokens the engine had generated for
+    it by then: the build's engine did that work (and held a slot for it), so the one-call stream does it too.
+    """
     return replace(
         request,
-        max_tokens=max(1, len(completion.token_ids)),
+        max_tokens=max(1, len(completion.token_ids), completion.abandoned_tokens),
         ignore_eos=True,
         stop=(),
         logprobs=False,
@@ -169,10 +174,15 @@ def replay(request: Request, completion: Completion) -> Request:
 
 
 def measure_raw(engine: Engine, answers: Answers) -> Measurement:
-    """One generate call over the build's answers, each replayed to its exact length."""
+    """One generate call over the build's answers, each replayed to its exact length.
+
+    Its answer tokens leave out the replays of abandoned answers, as the build's do: the two count the same
+    answers, so their throughputs compare the time each took to write them.
+    """
     counter = _Counter(engine)
     done = engine.generate([replay(request, completion) for request, completion in answers], desc="raw")
-    return counter.measurement("raw", sum(len(c.token_ids) for c in done))
+    kept = (c for c, (_, original) in zip(done, answers, strict=True) if original.finish_reason != "abandoned")
+    return counter.measurement("raw", sum(len(c.token_ids) for c in kept))
 
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:

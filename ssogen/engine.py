@@ -122,6 +122,8 @@ class Completion:
     token_logprobs: list[float] | None = None
     # With `Request.logprob_token_ids`: token id -> log-probability at the first answer position.
     label_logprobs: dict[int, float] | None = None
+    # An abandoned answer whose text was not read: the tokens the engine had generated for it by then.
+    abandoned_tokens: int = 0
 
 
 @dataclass
@@ -142,6 +144,9 @@ class EngineStats:
     step_sequences: int = 0
     loops_aborted: int = 0  # watched answers ended by ssogen's loop check while being written
     abandoned: int = 0  # generations aborted because their query was already decided (`EngineStream.abandon`)
+    abandoned_tokens: int = 0  # tokens the engine had generated for those by then: work spent on no answer
+    # Tokens generated so far by each request in flight (vLLM's request id); read when one is abandoned.
+    tokens_in_flight: Counter[str] = field(default_factory=Counter)
 
     @property
     def sequences_per_step(self) -> float:
@@ -593,6 +598,7 @@ class EngineStream:
         return finished
 
     def _abort(self, request_id: str) -> None:
+        self.engine.stats.tokens_in_flight.pop(request_id, None)
         try:
             self.engine.llm.llm_engine.abort_request([request_id])
         except Exception as exc:
@@ -609,15 +615,18 @@ class EngineStream:
         request_id = next(found, None)
         if request_id is None:
             return None
+        stats = self.engine.stats
+        generated = stats.tokens_in_flight.get(request_id, 0)
         self._abort(request_id)
         item = self.pending.pop(request_id)
         self.generations_left -= 1
-        self.engine.stats.abandoned += 1
+        stats.abandoned += 1
+        stats.abandoned_tokens += generated
         if self._bar is not None:
             self._bar.update(1)
         if item.watched:
             return self.engine._counted(item.completion("abandoned"), self.desc)
-        return Completion("", [], "abandoned")
+        return Completion("", [], "abandoned", abandoned_tokens=generated)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -633,17 +642,28 @@ class EngineStream:
 
 
 def _count_steps(client: Any, stats: EngineStats) -> None:
-    """Count the engine steps that produced tokens, and the sequences that did, as their outputs arrive.
+    """Count the engine steps that produced tokens, the sequences that did, and each request's tokens so far.
 
     Every engine-core step sends one batch of outputs, one per request that got a token; `LLMEngine.step`
     reads one batch per call. Wrapping the client's reader on this instance is the only place that sees
-    the batches before they are merged into per-request outputs.
+    the batches before they are merged into per-request outputs. A request's count is kept while it runs
+    (an answer abandoned mid-way reports it) and dropped when it finishes.
     """
     read = client.get_output
+    tokens = stats.tokens_in_flight
 
     def get_output() -> Any:
         batch = read()
-        produced = sum(1 for out in getattr(batch, "outputs", None) or () if out.new_token_ids)
+        produced = 0
+        for out in getattr(batch, "outputs", None) or ():
+            if out.new_token_ids:
+                produced += 1
+                # vLLM appends its own suffix to the id a request was added under.
+                request_id = out.request_id.rsplit("-", 1)[0]
+                if out.finish_reason is None:
+                    tokens[request_id] += len(out.new_token_ids)
+                else:
+                    tokens.pop(request_id, None)
         if produced:
             stats.steps += 1
             stats.step_sequences += produced

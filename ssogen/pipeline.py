@@ -49,6 +49,7 @@ class BuildSummary:
     sequences_per_step: float = 0.0
     loops_aborted: int = 0  # answers the loop watch ended while they were written
     abandoned: int = 0  # answers left unfinished because their query was already dropped for a loop
+    abandoned_tokens: int = 0  # tokens the engine had generated for those when they were left
     engine_log: str | None = None
     save_seconds: float = 0.0  # writing finished chunks (the cost of being resumable)
     remote_engine: bool = False  # the engines ran in Ray replicas, whose figures this process does not see
@@ -72,7 +73,8 @@ class BuildSummary:
                 f"({self.tokens_per_second:.1f} tok/s); {self.steps} engine steps, "
                 f"{self.sequences_per_step:.1f} sequences per step; engine start {self.engine_start_seconds:.1f}s; "
                 f"{self.loops_aborted} answers aborted as loops while written, "
-                f"{self.abandoned} abandoned as their query was dropped"
+                f"{self.abandoned} abandoned as their query was dropped ({self.abandoned_tokens} tokens generated "
+                "for them by then)"
             ),
             f"saving chunks {self.save_seconds:.2f}s; wall {self.wall_seconds:.1f}s",
             *([f"vLLM's own output: {self.engine_log}"] if self.engine_log else []),
@@ -125,6 +127,7 @@ def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSu
             summary.sequences_per_step = engine.stats.sequences_per_step
             summary.loops_aborted = engine.stats.loops_aborted
             summary.abandoned = engine.stats.abandoned
+            summary.abandoned_tokens = engine.stats.abandoned_tokens
 
     exported = export_folder(
         plan.folder,

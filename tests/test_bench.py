@@ -90,6 +90,10 @@ def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
     assert (replayed.max_tokens, replayed.ignore_eos, replayed.logprobs) == (4, True, False)
     assert replayed.stop == () and replayed.repetition is None and replayed.loop_watch is None
     assert (replayed.prompt_ids, replayed.seed, replayed.temperature) == ([1, 2, 3], 7, request.temperature)
+    # An answer abandoned after 37 tokens (its text unread) costs raw those 37 tokens too; one abandoned
+    # before its first token still asks for one.
+    assert replay(request, Completion("", [], "abandoned", abandoned_tokens=37)).max_tokens == 37
+    assert replay(request, Completion("", [], "abandoned")).max_tokens == 1
 
 
 def test_bench_line_starts_with_the_headline_ratios():

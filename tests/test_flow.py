@@ -214,6 +214,37 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
         assert engine.stats.abandoned - before[1] == abandoned
 
 
+def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_though_its_text_was_not_read(
+    engine, tokenizer
+):
+    from ssogen.chat import ChatFormat
+    from ssogen.engine import Repetition
+
+    chat = ChatFormat(tokenizer)
+    loop = chat.prompt_ids(
+        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
+    )
+    story = chat.prompt_ids([{"role": "user", "content": "Tell a long story about a lighthouse keeper."}])
+    before = engine.stats.abandoned_tokens
+    stream = engine.stream("abandon test", progress=False)
+    # Greedy, ended by vLLM's repetition check; the two others are not watched, so their text is never read.
+    stream.generate("loop", Request(loop, 0, 384, temperature=0.0, ignore_eos=True, repetition=Repetition(1, 8, 8)))
+    for seed in (1, 2):
+        stream.generate(seed, Request(story, seed, 384, ignore_eos=True))
+    finished: dict = {}
+    while "loop" not in finished:
+        finished |= dict(stream.step())
+    looped = finished["loop"]
+    assert looped.finish_reason == "repetition" and len(looped.token_ids) < 384
+    left = [stream.abandon(seed) for seed in (1, 2)]
+    assert [c.finish_reason for c in left] == ["abandoned"] * 2 and all(c.token_ids == [] for c in left)
+    # They were written side by side with the loop (same steps), so they hold as many tokens as it did.
+    assert all(abs(c.abandoned_tokens - len(looped.token_ids)) <= 2 for c in left), [c.abandoned_tokens for c in left]
+    assert engine.stats.abandoned_tokens - before == sum(c.abandoned_tokens for c in left)
+    assert not stream.pending and not engine.stats.tokens_in_flight  # nothing left counted for a request gone
+    stream.close()
+
+
 def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_can_read_its_cached_prompt(
     engine, shared_data, tmp_path
 ):
