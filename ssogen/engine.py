@@ -656,14 +656,13 @@ def _count_steps(client: Any, stats: EngineStats) -> None:
         batch = read()
         produced = 0
         for out in getattr(batch, "outputs", None) or ():
-            if out.new_token_ids:
-                produced += 1
-                # vLLM appends its own suffix to the id a request was added under.
-                request_id = out.request_id.rsplit("-", 1)[0]
-                if out.finish_reason is None:
-                    tokens[request_id] += len(out.new_token_ids)
-                else:
-                    tokens.pop(request_id, None)
+            # vLLM appends its own suffix to the id a request was added under.
+            request_id = out.request_id.rsplit("-", 1)[0]
+            if out.finish_reason is not None:
+                tokens.pop(request_id, None)
+            elif out.new_token_ids:
+                tokens[request_id] += len(out.new_token_ids)
+            produced += bool(out.new_token_ids)
         if produced:
             stats.steps += 1
             stats.step_sequences += produced
