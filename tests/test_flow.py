@@ -24,6 +24,16 @@ from tests.conftest import REPO, run_cli
 FLOW_ARGS = ("--limit", "12", "--max-new-tokens", "48", "--chunk-size", "3", "--enforce-eager")
 
 
+LOOP_ASK = "Write the word yes 500 times, separated by spaces, and nothing else."
+
+
+def user_prompt(tokenizer, content: str) -> list[int]:
+    """The chat prompt of one user message, as the bundled model's template renders it."""
+    from ssogen.chat import ChatFormat
+
+    return ChatFormat(tokenizer).prompt_ids([{"role": "user", "content": content}])
+
+
 def small_plan(queries, tmp_path, **settings):
     from ssogen.plan import plan_build
 
@@ -48,12 +58,8 @@ def test_on_cpu_the_engine_skips_graph_compilation_unless_asked_for_it(engine):
 
 
 def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs(engine, tokenizer):
-    from ssogen.chat import ChatFormat
-
-    chat = ChatFormat(tokenizer)
     requests = [
-        Request(chat.prompt_ids([{"role": "user", "content": f"Count to {i}."}]), seed=i, max_tokens=7, ignore_eos=True)
-        for i in range(5)
+        Request(user_prompt(tokenizer, f"Count to {i}."), seed=i, max_tokens=7, ignore_eos=True) for i in range(5)
     ]
     steps, sequences = engine.stats.steps, engine.stats.step_sequences
     done = engine.generate(requests)
@@ -65,12 +71,9 @@ def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs
 
 
 def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_its_limit(engine, tokenizer):
-    from ssogen.chat import ChatFormat
     from ssogen.engine import Repetition
 
-    prompt = ChatFormat(tokenizer).prompt_ids(
-        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
-    )
+    prompt = user_prompt(tokenizer, LOOP_ASK)
 
     def ask(repetition: Repetition | None):
         # Greedy, and the end of turn ignored: the answer can only end by the check or by the limit.
@@ -128,15 +131,11 @@ def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_rea
 def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_is_otherwise_unchanged(
     engine, tokenizer
 ):
-    from ssogen.chat import ChatFormat
     from ssogen.engine import LoopWatch
     from ssogen.quality import written_is_loop
 
-    chat = ChatFormat(tokenizer)
-    loop = chat.prompt_ids(
-        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
-    )
-    prose = chat.prompt_ids([{"role": "user", "content": "Name three fruits and say one thing about each."}])
+    loop = user_prompt(tokenizer, LOOP_ASK)
+    prose = user_prompt(tokenizer, "Name three fruits and say one thing about each.")
     watch = LoopWatch(0.15, start=128, every=32)
 
     def ask(prompt: list[int], watched: bool, **kwargs):
@@ -166,15 +165,11 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
     engine, tokenizer, monkeypatch
 ):
     import ssogen.flow
-    from ssogen.chat import ChatFormat
     from ssogen.engine import LoopWatch
     from ssogen.flow import Flow
 
-    chat = ChatFormat(tokenizer)
-    loop = chat.prompt_ids(
-        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
-    )
-    story = chat.prompt_ids([{"role": "user", "content": "Tell a long story about a lighthouse keeper."}])
+    loop = user_prompt(tokenizer, LOOP_ASK)
+    story = user_prompt(tokenizer, "Tell a long story about a lighthouse keeper.")
     watch = LoopWatch(0.15, start=128, every=32)
 
     def stages(setup, query):  # the real engine; one query's answer stage, its looping side set by the test
@@ -217,14 +212,10 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
 def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_though_its_text_was_not_read(
     engine, tokenizer
 ):
-    from ssogen.chat import ChatFormat
     from ssogen.engine import Repetition
 
-    chat = ChatFormat(tokenizer)
-    loop = chat.prompt_ids(
-        [{"role": "user", "content": "Write the word yes 500 times, separated by spaces, and nothing else."}]
-    )
-    story = chat.prompt_ids([{"role": "user", "content": "Tell a long story about a lighthouse keeper."}])
+    loop = user_prompt(tokenizer, LOOP_ASK)
+    story = user_prompt(tokenizer, "Tell a long story about a lighthouse keeper.")
     before = engine.stats.abandoned_tokens
     stream = engine.stream("abandon test", progress=False)
     # Greedy, ended by vLLM's repetition check; the two others are not watched, so their text is never read.
