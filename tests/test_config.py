@@ -9,7 +9,7 @@ import pytest
 from ssogen.cli import build_config, make_parser
 from ssogen.config import BuildConfig
 from ssogen.errors import UsageError
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,27 @@ def test_cli_build_help_exits_0():
     result = run_cli("build", "--help")
     assert result.returncode == 0, result.stderr
     assert "--enforce-eager" in result.stdout and "20 %" in result.stdout
+
+
+def test_every_ssogen_command_shown_in_the_readme_parses():
+    import re
+    import shlex
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    commands = [
+        part.strip()
+        for block in blocks
+        for line in block.splitlines()
+        for part in line.split("#")[0].split("&&")
+        if part.strip().startswith("ssogen ")
+    ]
+    assert len(commands) >= 15  # the README's build, bench, inspect, audit, push and merge examples
+    parser = make_parser()
+    for command in commands:
+        # "ssogen bench ... --x" elides flags; a shell variable ($SLURM_ARRAY_TASK_ID) stands for a number.
+        argv = [re.sub(r"\$\w+", "0", arg) for arg in shlex.split(command)[1:] if arg != "..."]
+        try:
+            parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits on an unknown flag or a bad value
+            raise AssertionError(f"the README shows a command the CLI rejects: {command}") from exc
