@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -153,8 +153,13 @@ def measure_ssogen(engine: Engine, setup: Setup, chunk_size: int, reproducible: 
         trace=lambda _pid, _role, request, completion: answers.append((request, completion)),
     ):
         pass
-    written = sum(len(c.token_ids) for _, c in answers if c.finish_reason != "abandoned")
-    return counter.measurement("ssogen", written), answers
+    return counter.measurement("ssogen", _answer_tokens((c, c) for _, c in answers)), answers
+
+
+def _answer_tokens(runs: Iterable[tuple[Completion, Completion]]) -> int:
+    """Tokens of the answers that were written to their end: (run's completion, build's answer) pairs, leaving
+    out those the build abandoned, so ssogen and raw count the same answers."""
+    return sum(len(done.token_ids) for done, answer in runs if answer.finish_reason != "abandoned")
 
 
 def replay(request: Request, completion: Completion) -> Request:
@@ -182,8 +187,8 @@ def measure_raw(engine: Engine, answers: Answers) -> Measurement:
     """
     counter = _Counter(engine)
     done = engine.generate([replay(request, completion) for request, completion in answers], desc="raw")
-    kept = (c for c, (_, original) in zip(done, answers, strict=True) if original.finish_reason != "abandoned")
-    return counter.measurement("raw", sum(len(c.token_ids) for c in kept))
+    pairs = zip(done, (answer for _, answer in answers), strict=True)
+    return counter.measurement("raw", _answer_tokens(pairs))
 
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:
