@@ -174,7 +174,8 @@ class BuildConfig:
     tensor_parallel_size: int = _setting(1, "GPUs per engine (tensor parallelism).")
     gpu_memory_utilization: float | None = _setting(
         None,
-        "Fraction of device memory for vLLM (on CPU: of RAM, and it must be free at start); 0.9 on GPU, 0.2 on CPU.",
+        "Fraction of device memory for vLLM; default 0.9 on GPU. On CPU, when set, vLLM sizes its KV cache as this "
+        "fraction of the NUMA node's memory less the model's; left out, the KV cache is 15 % of RAM.",
     )
     enforce_eager: bool | None = _setting(
         None,

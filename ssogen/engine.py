@@ -35,10 +35,12 @@ from ssogen.quality import written_is_loop
 
 logger = logging.getLogger(__name__)
 
-# On CPU, vLLM reserves this fraction of the machine's RAM for weights and KV cache, and refuses to start
-# unless that much is free. A fifth (about 4-5 GiB here) holds a small model with room for hundreds of
-# sequences, and lets two engines (a test session's and a build's) start side by side.
-CPU_MEMORY_FRACTION = 0.2
+# On CPU the KV cache is this fraction of the machine's RAM, asked of vLLM in bytes (3.5 GiB on a 23 GiB
+# machine: about 80k tokens of the bundled model in float32, room for hundreds of sequences, and two engines,
+# a test session's and a build's, fit side by side). vLLM's own CPU default sizes it as a fraction of the
+# NUMA node's MemTotal, which on a VM that hands memory to the guest lazily is what has been touched so far:
+# a fresh 23 GiB machine reported 7.8 GiB, left 0.08 GiB for the cache and refused to start.
+CPU_KV_CACHE_FRACTION = 0.15
 # KV-cache block size on CPU: prefix caching shares whole blocks (see `Engine.__init__`).
 CPU_BLOCK_SIZE = 32
 # How long a failed call waits for vLLM to notice that an engine process died (see `Engine.died`).
@@ -153,6 +155,11 @@ class EngineStats:
         return self.step_sequences / self.steps if self.steps else 0.0
 
 
+def cpu_kv_cache_bytes() -> int:
+    """The CPU engine's KV cache: `CPU_KV_CACHE_FRACTION` of the machine's RAM, as the kernel counts it."""
+    return int(CPU_KV_CACHE_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def on_cpu() -> bool:
     """Whether vLLM runs on the CPU here (the CPU build, no GPU)."""
     from vllm.platforms import current_platform
@@ -213,7 +220,7 @@ class Engine:
             # -1 asks vLLM for the model's own context, or the longest that fits in memory.
             max_model_len=settings.max_model_len if settings.max_model_len is not None else -1,
             tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization or (CPU_MEMORY_FRACTION if self.on_cpu else 0.9),
+            gpu_memory_utilization=settings.gpu_memory_utilization or 0.9,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
             trust_remote_code=settings.trust_remote_code,
@@ -234,6 +241,8 @@ class Engine:
             # vLLM's CPU default of 128-token blocks is coarser than most bare queries, so scoring could
             # reuse none of x's KV; 32 (the smallest the CPU attention kernel takes) lets it reuse most of it.
             kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
+            if settings.gpu_memory_utilization is None:
+                kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes()
         started = time.perf_counter()
         with _engine_output_to(settings.log_file):
             from vllm import LLM

@@ -57,6 +57,21 @@ def test_on_cpu_the_engine_skips_graph_compilation_unless_asked_for_it(engine):
     assert parse(["build", "--no-enforce-eager"]).enforce_eager is False
 
 
+def test_on_cpu_the_kv_cache_is_a_fixed_share_of_ram_whatever_the_numa_node_reports(engine):
+    from ssogen.engine import CPU_KV_CACHE_FRACTION, cpu_kv_cache_bytes
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert cpu_kv_cache_bytes() == int(CPU_KV_CACHE_FRACTION * ram)
+    config = engine.llm.llm_engine.vllm_config
+    assert config.cache_config.kv_cache_memory_bytes == cpu_kv_cache_bytes()
+    # The engine holds that cache: its blocks times the bytes a block takes (keys and values, every layer).
+    model = config.model_config
+    per_token = 2 * model.get_num_layers(config.parallel_config) * model.get_total_num_kv_heads()
+    per_token *= model.get_head_size() * 4  # float32, the session engine's dtype
+    held = config.cache_config.num_gpu_blocks * engine.block_size * per_token
+    assert 0.9 * cpu_kv_cache_bytes() <= held <= cpu_kv_cache_bytes()
+
+
 def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs(engine, tokenizer):
     requests = [
         Request(user_prompt(tokenizer, f"Count to {i}."), seed=i, max_tokens=7, ignore_eos=True) for i in range(5)
