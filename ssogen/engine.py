@@ -220,6 +220,7 @@ class Engine:
             # -1 asks vLLM for the model's own context, or the longest that fits in memory.
             max_model_len=settings.max_model_len if settings.max_model_len is not None else -1,
             tensor_parallel_size=settings.tensor_parallel_size,
+            # On CPU, unless the user sets it, the explicit KV size below makes vLLM skip this fraction.
             gpu_memory_utilization=settings.gpu_memory_utilization or 0.9,
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
