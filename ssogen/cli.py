@@ -196,11 +196,11 @@ def _setup_logging(verbose: bool) -> None:
 def _cmd_build(args: argparse.Namespace) -> int:
     config = build_config(args)
     if args.dry_run:
-        from ssogen.pipeline import dry_run
+        from ssogen.generation.pipeline import dry_run
 
         print(dry_run(config).line())
         return 0
-    from ssogen.store import SETTINGS_FILE, OutputFolder
+    from ssogen.output.store import SETTINGS_FILE, OutputFolder
 
     config.validate()  # a mistyped flag must not create the output folder
     if config.push_to_hub:
@@ -218,8 +218,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build_and_push(args: argparse.Namespace, config: BuildConfig, resume: str) -> int:
-    from ssogen.engine import EngineError
-    from ssogen.pipeline import build
+    from ssogen.generation.engine import EngineError
+    from ssogen.generation.pipeline import build
 
     try:
         try:
@@ -236,7 +236,7 @@ def _build_and_push(args: argparse.Namespace, config: BuildConfig, resume: str) 
         logger.info("%s", line)
     logger.info("wrote %s", config.output)
     if config.push_to_hub:
-        from ssogen.publish import push_folder
+        from ssogen.hub.publish import push_folder
 
         result = push_folder(config.output, config.push_to_hub, **_push_options(config))
         logger.info("%s", result.line())
@@ -256,7 +256,7 @@ def _push_options(config: BuildConfig) -> dict[str, Any]:
 
 def _preflight_push(config: BuildConfig, repo_id: str) -> None:
     """Before any generation: everything that would make the final push fail (token, access, tag, files)."""
-    from ssogen.publish import preflight_push
+    from ssogen.hub.publish import preflight_push
 
     line = preflight_push(repo_id, folder=config.output, **_push_options(config))
     logger.info("--push-to-hub checked before the build: %s", line)
@@ -265,8 +265,9 @@ def _preflight_push(config: BuildConfig, repo_id: str) -> None:
 def _cmd_push(args: argparse.Namespace) -> int:
     import yaml
 
-    from ssogen.publish import push_folder, validate_repo_id
-    from ssogen.store import SETTINGS_FILE, OutputFolder
+    from ssogen.hub.publish import push_folder
+    from ssogen.hubmeta import validate_repo_id
+    from ssogen.output.store import SETTINGS_FILE, OutputFolder
 
     validate_repo_id(args.repo_id)
     settings_path = args.folder / SETTINGS_FILE
@@ -299,7 +300,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from ssogen.inspect import run_inspect
+    from ssogen.reading.inspect import run_inspect
 
     return run_inspect(args.target, args.report, args.compare)
 
@@ -307,7 +308,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from dataclasses import fields as dataclass_fields
 
-    from ssogen.audit import AuditOptions, run_audit
+    from ssogen.reading.audit import AuditOptions, run_audit
 
     options = AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)})
     engine_log = _engine_log_file("audit", args)
@@ -326,7 +327,7 @@ def _engine_log_file(command: str, args: argparse.Namespace) -> str | None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from ssogen.merge import merge
+    from ssogen.output.merge import merge
 
     try:
         result = merge(args.folders, args.output, overwrite=args.overwrite)
@@ -340,9 +341,9 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ssogen.bench import bench_line, run_bench
-    from ssogen.engine import Engine
-    from ssogen.plan import engine_settings, plan_build
+    from ssogen.generation.bench import bench_line, run_bench
+    from ssogen.generation.engine import Engine
+    from ssogen.generation.plan import engine_settings, plan_build
 
     if args.repeats < 1:
         raise UsageError(f"--repeats: {args.repeats} must be at least 1.")

@@ -17,7 +17,7 @@ import yaml
 
 from ssogen.errors import UsageError
 
-# `--feature-selection` (kept here, not imported from ssogen.steer, so the settings load without the method).
+# `--feature-selection` (kept here, not imported from ssogen.generation.steer, so the settings load without the method).
 FEATURE_SELECTION_MODES = ("ranked", "sampled", "random")
 
 
@@ -273,7 +273,7 @@ class BuildConfig:
                 f"({self.max_model_len}): the prompt needs room too."
             )
         if self.push_to_hub is not None:
-            from ssogen.publish import validate_repo_id
+            from ssogen.hubmeta import validate_repo_id
 
             validate_repo_id(self.push_to_hub)
         self._check_inputs_and_publishing()

@@ -1,8 +1,8 @@
-"""The Hub's card metadata vocabulary that ssogen writes: license ids and language codes.
+"""The Hub's names and card metadata vocabulary that ssogen writes: repo ids, license ids and language codes.
 
-Owns: the list of license ids the Hub accepts in a card's ``license:`` field (checked when the settings are
-validated, so a typo fails before any generation instead of at push time), and the parsing and checking of
-``--language``. The license list is the Hub's own (https://huggingface.co/docs/hub/repositories-licenses);
+Owns: checking an ``ORG/NAME`` repo id (`validate_repo_id`), the list of license ids the Hub accepts in a card's
+``license:`` field (checked when the settings are validated, so a typo fails before any generation instead of at
+push time), and the parsing and checking of ``--language``. The license list is the Hub's own (https://huggingface.co/docs/hub/repositories-licenses);
 a license missing from it is published as ``other`` with a LICENSE file, as the Hub asks.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
+
+from ssogen.errors import UsageError
 
 LICENSES_URL = "https://huggingface.co/docs/hub/repositories-licenses"
 
@@ -62,3 +64,20 @@ def language_problem(value: str | list[str] | tuple[str, ...] | None) -> str | N
     if bad:
         return f"{', '.join(map(repr, bad))} is not a language code; give ISO 639 codes such as en, fr or pt-BR"
     return None
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Return ``repo_id`` if it is a valid ``ORG/NAME`` Hub id, else raise :class:`UsageError`."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
+
+    problem = f"--push-to-hub expects a Hub dataset id of the form ORG/NAME, got {repo_id!r}"
+    # The Hub's own validator also accepts a bare NAME (it means the user's namespace);
+    # ssogen wants the owner spelled out so a push never lands somewhere unexpected.
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise UsageError(problem)
+    try:
+        _hf_validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise UsageError(f"{problem}: {err}") from None
+    return repo_id

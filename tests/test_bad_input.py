@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssogen.library import resource_dir
+from ssogen.inputs.library import resource_dir
 from tests.conftest import run_cli
 
 

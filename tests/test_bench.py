@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ssogen.bench import BenchResult, Measurement, bench_line, ratios
+from ssogen.generation.bench import BenchResult, Measurement, bench_line, ratios
 from tests.conftest import run_cli
 
 
@@ -63,9 +63,9 @@ def test_without_a_reference_run_the_line_has_no_reference_ratios():
 
 
 def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine(engine, shared_data, tmp_path):
-    from ssogen.bench import run_bench
     from ssogen.config import BuildConfig
-    from ssogen.plan import plan_build
+    from ssogen.generation.bench import run_bench
+    from ssogen.generation.plan import plan_build
 
     config = BuildConfig(
         queries=str(shared_data / "seed_tasks.jsonl"), limit=3, max_new_tokens=8, chunk_size=2, max_model_len=2048,
@@ -80,8 +80,8 @@ def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine
 
 
 def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
-    from ssogen.bench import replay
-    from ssogen.engine import Completion, LoopWatch, Repetition, Request
+    from ssogen.generation.bench import replay
+    from ssogen.generation.engine import Completion, LoopWatch, Repetition, Request
 
     request = Request(
         [1, 2, 3], 7, 256, stop=("###",), logprobs=True, repetition=Repetition(1, 32, 8), loop_watch=LoopWatch(0.15)
@@ -141,7 +141,7 @@ def test_dry_run_never_imports_vllm(tmp_path):
     import sys
 
     code = (
-        "import sys; from ssogen.config import BuildConfig; from ssogen.pipeline import dry_run; "
+        "import sys; from ssogen.config import BuildConfig; from ssogen.generation.pipeline import dry_run; "
         "s = dry_run(BuildConfig(limit=5)); print(s.queries, 'vllm' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)

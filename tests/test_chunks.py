@@ -15,12 +15,12 @@ import pytest
 from ssogen import __version__
 from ssogen.config import BuildConfig
 from ssogen.errors import UsageError
-from ssogen.export import export_folder
-from ssogen.gather import DamagedChunk
-from ssogen.library import Templates
-from ssogen.models import ModelRef
-from ssogen.plan import run_settings
-from ssogen.store import CHUNK_SCHEMA, CHUNKS_DIR, SET_ASIDE_DIR, OutputFolder, ids_digest
+from ssogen.generation.plan import run_settings
+from ssogen.inputs.library import Templates
+from ssogen.inputs.models import ModelRef
+from ssogen.output.export import export_folder
+from ssogen.output.gather import DamagedChunk
+from ssogen.output.store import CHUNK_SCHEMA, CHUNKS_DIR, SET_ASIDE_DIR, OutputFolder, ids_digest
 from tests.conftest import BUILT_ARGS, make_record, run_cli
 
 
@@ -59,7 +59,7 @@ def test_damaged_and_foreign_chunks_are_named_set_aside_and_their_queries_not_co
     pq.write_table(pa.Table.from_pylist(rows(11), schema=CHUNK_SCHEMA), unstamped)
     sizes = {p.name: p.stat().st_size for p in folder.chunks.iterdir()}
 
-    with caplog.at_level(logging.WARNING, logger="ssogen.store"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.store"):
         done = folder.resume()
 
     assert done == {make_record(i)["prompt_id"] for i in (0, 1)}
@@ -156,7 +156,7 @@ def test_a_resume_after_removing_a_query_is_refused_and_the_query_never_exported
     prompts = ["Name a colour.", "Name a fruit.", "My card number is 4111 1111 1111 1111."]
     queries.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     out = tmp_path / "out"
-    from ssogen.plan import plan_build
+    from ssogen.generation.plan import plan_build
 
     plan = plan_build(BuildConfig(queries=str(queries), output=out))
     plan.folder.prepare(plan.settings, overwrite=False)

@@ -76,7 +76,7 @@ def test_cli_bad_setting_exits_2_with_a_message_and_no_traceback(tmp_path):
 
 
 def test_auto_dtype_runs_float32_on_a_cpu_without_native_bfloat16_and_an_explicit_dtype_is_kept():
-    from ssogen.engine import cpu_dtype
+    from ssogen.generation.engine import cpu_dtype
 
     assert cpu_dtype("auto", native_bf16=False) == "float32"
     assert cpu_dtype("auto", native_bf16=True) == "auto"

@@ -20,13 +20,13 @@ import yaml
 from datasets import load_dataset
 
 from ssogen.config import BuildConfig
-from ssogen.export import ExportLimits, export_folder
-from ssogen.library import Templates
-from ssogen.models import ModelRef
-from ssogen.plan import run_settings, shard_of
-from ssogen.sources import load_queries
-from ssogen.store import OutputFolder, ids_digest
-from ssogen.swap import STAGING
+from ssogen.generation.plan import run_settings, shard_of
+from ssogen.inputs.library import Templates
+from ssogen.inputs.models import ModelRef
+from ssogen.inputs.sources import load_queries
+from ssogen.output.export import ExportLimits, export_folder
+from ssogen.output.store import OutputFolder, ids_digest
+from ssogen.output.swap import STAGING
 from tests.conftest import REPO, make_record, run_cli
 from tests.export_memory import measure, synthetic_text
 
@@ -85,7 +85,7 @@ def test_duplicates_are_never_exported_the_first_written_copy_is_kept_and_counte
     folder, made = build_folder(tmp_path / "out", list(range(10)), shuffle=False)
     folder.write_chunk([record(3, chosen="a later copy"), record(4, chosen="a later copy")])
     order = [make_record(i)["prompt_id"] for i in range(10)]
-    with caplog.at_level(logging.WARNING, logger="ssogen.export"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.export"):
         result = export(folder, made, order)
     assert result.duplicates == 2 and result.kept == 10
     assert "2 duplicate rows (a prompt_id already exported) were left out of the export" in caplog.text
@@ -99,7 +99,7 @@ def test_rows_of_queries_not_in_the_input_are_never_exported(tmp_path, caplog):
     folder, made = build_folder(tmp_path / "out", list(range(8)))
     removed = {make_record(i)["prompt_id"] for i in (2, 5)}
     order = [make_record(i)["prompt_id"] for i in range(8) if make_record(i)["prompt_id"] not in removed]
-    with caplog.at_level(logging.WARNING, logger="ssogen.export"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.export"):
         result = export(folder, made, order)
     assert result.unknown == 2 and "2 rows of queries that are not in the input were left out" in caplog.text
     for config in ("sso", "dpo", "reward"):
@@ -145,9 +145,9 @@ KILLABLE_EXPORT = """
 import json, os, sys
 from pathlib import Path
 import yaml
-from ssogen.export import ExportLimits, export_folder
-from ssogen.library import Templates
-from ssogen.store import OutputFolder
+from ssogen.output.export import ExportLimits, export_folder
+from ssogen.inputs.library import Templates
+from ssogen.output.store import OutputFolder
 
 root, die_in_swap = Path(sys.argv[1]), sys.argv[2] == "swap"
 if die_in_swap:  # the process dies the moment the new data/ would be renamed in (the old one is out already)
@@ -201,7 +201,7 @@ def test_a_kill_during_the_export_leaves_the_previous_export_whole(tmp_path, cap
     assert snapshot(root) == previous  # not one file of data/, the card or dataset_info changed
     assert sum(len(s) for s in load(root, "sso", tmp_path / "hf").values()) == 40
 
-    with caplog.at_level(logging.INFO, logger="ssogen.swap"), OutputFolder(root).lock("the next command"):
+    with caplog.at_level(logging.INFO, logger="ssogen.output.swap"), OutputFolder(root).lock("the next command"):
         assert "removing an unfinished export" in caplog.text
     assert not (root / STAGING).exists()
     export(folder, made, order)
@@ -219,7 +219,7 @@ def test_a_kill_in_the_middle_of_the_swap_is_finished_by_the_next_command(tmp_pa
     assert proc.wait(timeout=120) == 9, proc.stderr.read()[-2000:]
     assert not (root / "data").exists() or sorted(ids_of(root, "sso")) in (sorted(order[:30]), sorted(order))
 
-    with caplog.at_level(logging.WARNING, logger="ssogen.swap"), OutputFolder(root).lock("the next command"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.swap"), OutputFolder(root).lock("the next command"):
         assert "finishing the export of" in caplog.text
     assert sorted(ids_of(root, "sso")) == sorted(order)  # the new export, whole
     assert sum(len(s) for s in load(root, "sso", tmp_path / "hf").values()) == 45

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from ssogen.config import BuildConfig
-from ssogen.engine import Request
-from ssogen.flow import SEQUENCES_PER_QUERY, SLOT_MARGIN, FlowService, admission_window, flow_chunks, prepare
-from ssogen.store import CHUNKS_DIR
+from ssogen.generation.engine import Request
+from ssogen.generation.flow import SEQUENCES_PER_QUERY, SLOT_MARGIN, FlowService, admission_window, flow_chunks, prepare
+from ssogen.output.store import CHUNKS_DIR
 from tests.conftest import REPO, run_cli
 
 FLOW_ARGS = ("--limit", "12", "--max-new-tokens", "48", "--chunk-size", "3", "--enforce-eager")
@@ -29,13 +29,13 @@ LOOP_ASK = "Write the word yes 500 times, separated by spaces, and nothing else.
 
 def user_prompt(tokenizer, content: str) -> list[int]:
     """The chat prompt of one user message, as the bundled model's template renders it."""
-    from ssogen.chat import ChatFormat
+    from ssogen.inputs.chat import ChatFormat
 
     return ChatFormat(tokenizer).prompt_ids([{"role": "user", "content": content}])
 
 
 def small_plan(queries, tmp_path, **settings):
-    from ssogen.plan import plan_build
+    from ssogen.generation.plan import plan_build
 
     return plan_build(BuildConfig(queries=str(queries), max_model_len=2048, output=tmp_path / "o", **settings))
 
@@ -58,7 +58,7 @@ def test_on_cpu_the_engine_skips_graph_compilation_unless_asked_for_it(engine):
 
 
 def test_on_cpu_the_kv_cache_is_a_fixed_share_of_ram_whatever_the_numa_node_reports(engine):
-    from ssogen.engine import CPU_KV_CACHE_FRACTION, cpu_kv_cache_bytes
+    from ssogen.generation.engine import CPU_KV_CACHE_FRACTION, cpu_kv_cache_bytes
 
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert cpu_kv_cache_bytes() == int(CPU_KV_CACHE_FRACTION * ram)
@@ -86,7 +86,7 @@ def test_engine_steps_and_sequences_per_step_are_counted_from_the_engine_outputs
 
 
 def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_its_limit(engine, tokenizer):
-    from ssogen.engine import Repetition
+    from ssogen.generation.engine import Repetition
 
     prompt = user_prompt(tokenizer, LOOP_ASK)
 
@@ -104,8 +104,8 @@ def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_it
 def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_zero_turns_the_watch_off(
     shared_data, tmp_path
 ):
-    from ssogen.engine import LoopWatch
-    from ssogen.stages import ROLES, answer_request
+    from ssogen.generation.engine import LoopWatch
+    from ssogen.generation.stages import ROLES, answer_request
 
     for threshold, watch in ((0.2, LoopWatch(0.2)), (0.0, None)):
         plan = small_plan(
@@ -116,8 +116,8 @@ def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_z
 
 
 def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_read(shared_data, tmp_path):
-    from ssogen.engine import Completion
-    from ssogen.stages import Setup, query_stages
+    from ssogen.generation.engine import Completion
+    from ssogen.generation.stages import Setup, query_stages
 
     plan = small_plan(
         shared_data / "seed_tasks.jsonl", tmp_path, limit=1, max_new_tokens=16, feature_selection="random"
@@ -146,8 +146,8 @@ def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_rea
 def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_is_otherwise_unchanged(
     engine, tokenizer
 ):
-    from ssogen.engine import LoopWatch
-    from ssogen.quality import written_is_loop
+    from ssogen.generation.engine import LoopWatch
+    from ssogen.generation.quality import written_is_loop
 
     loop = user_prompt(tokenizer, LOOP_ASK)
     prose = user_prompt(tokenizer, "Name three fruits and say one thing about each.")
@@ -179,9 +179,9 @@ def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_i
 def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_abandoned_at_once(
     engine, tokenizer, monkeypatch
 ):
-    import ssogen.flow
-    from ssogen.engine import LoopWatch
-    from ssogen.flow import Flow
+    import ssogen.generation.flow
+    from ssogen.generation.engine import LoopWatch
+    from ssogen.generation.flow import Flow
 
     loop = user_prompt(tokenizer, LOOP_ASK)
     story = user_prompt(tokenizer, "Tell a long story about a lighthouse keeper.")
@@ -201,7 +201,7 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
         }
         return {"prompt_id": query.prompt_id, **got}
 
-    monkeypatch.setattr(ssogen.flow, "query_stages", stages)
+    monkeypatch.setattr(ssogen.generation.flow, "query_stages", stages)
     for looping, abandoned in (("chosen", 2), ("original", 2), ("rejected", 0)):
         before = (engine.stats.steps, engine.stats.abandoned)
         flow = Flow(engine, None)
@@ -227,7 +227,7 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
 def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_though_its_text_was_not_read(
     engine, tokenizer
 ):
-    from ssogen.engine import Repetition
+    from ssogen.generation.engine import Repetition
 
     loop = user_prompt(tokenizer, LOOP_ASK)
     story = user_prompt(tokenizer, "Tell a long story about a lighthouse keeper.")
@@ -254,7 +254,7 @@ def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_
 def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_can_read_its_cached_prompt(
     engine, shared_data, tmp_path
 ):
-    from ssogen.flow import Flow
+    from ssogen.generation.flow import Flow
 
     plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=8)
     setup = prepare(engine, plan)

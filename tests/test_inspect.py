@@ -19,8 +19,8 @@ from matplotlib.image import imread
 from rich.console import Console
 
 from ssogen.errors import UsageError
-from ssogen.inspect import load_build, render_plots, run_inspect
-from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA
+from ssogen.output.store import DROPPED_SCHEMA, RECORD_SCHEMA
+from ssogen.reading.inspect import load_build, render_plots, run_inspect
 from tests.conftest import make_record as record
 
 PLOTS = ("weight_hist.png", "pi_scatter.png", "lengths.png", "features.png", "drops.png")
@@ -356,11 +356,11 @@ def test_cli_inspect_prints_the_summary_and_writes_the_report(built_folder, tmp_
 
 
 def card_of(folder: Path) -> str:
-    from ssogen.card import render_card
     from ssogen.config import BuildConfig
-    from ssogen.library import Templates
-    from ssogen.models import ModelRef
-    from ssogen.plan import run_settings
+    from ssogen.generation.plan import run_settings
+    from ssogen.inputs.library import Templates
+    from ssogen.inputs.models import ModelRef
+    from ssogen.output.card import render_card
 
     build = load_build(str(folder))
     settings = run_settings(BuildConfig(), ModelRef(path="m", name="m", revision="r"), Templates(None))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ssogen.chat import ChatFormat
 from ssogen.errors import UsageError
-from ssogen.library import Templates, load_library, resource_dir
-from ssogen.steer import library_principles, system_message
+from ssogen.generation.steer import library_principles, system_message
+from ssogen.inputs.chat import ChatFormat
+from ssogen.inputs.library import Templates, load_library, resource_dir
 
 FEATURE = """name: {name}
 adjectives: [Good, Bad]

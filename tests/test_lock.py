@@ -15,14 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssogen.lock import LOCK_FILE, FolderLocked
-from ssogen.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
+from ssogen.output.lock import LOCK_FILE, FolderLocked
+from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
 from tests.conftest import BUILT_ARGS, REPO, run_cli
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from ssogen.store import OutputFolder
+from ssogen.output.store import OutputFolder
 with OutputFolder(Path(sys.argv[1])).lock(sys.argv[2], read_only=sys.argv[2] == "ssogen push"):
     print("locked", flush=True)
     time.sleep(600)
@@ -85,13 +85,13 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_said(tmp_path, caplog
     proc = hold_lock(out)
     os.kill(proc.pid, signal.SIGKILL)  # no release: its name stays in the lock file
     proc.wait()
-    with caplog.at_level(logging.WARNING, logger="ssogen.lock"), OutputFolder(out).lock("ssogen merge"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.lock"), OutputFolder(out).lock("ssogen merge"):
         pass
     said = caplog.text
     assert f"took over the lock of {out}, left by pid {proc.pid} on host {socket.gethostname()}" in said
     assert "`ssogen build`" in said and "ended without releasing it (killed or crashed)" in said
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ssogen.lock"), OutputFolder(out).lock("ssogen merge"):
+    with caplog.at_level(logging.WARNING, logger="ssogen.output.lock"), OutputFolder(out).lock("ssogen merge"):
         pass
     assert "took over" not in caplog.text  # a clean release leaves nothing to take over
 
@@ -101,7 +101,7 @@ def test_the_lock_is_reentrant_in_one_process_and_free_once_released(tmp_path):
     out.mkdir()
     with OutputFolder(out).lock("ssogen build"), OutputFolder(out).lock("ssogen build"):
         probe = subprocess.run(
-            [sys.executable, "-c", "import sys; from ssogen.lock import folder_lock\n"
+            [sys.executable, "-c", "import sys; from ssogen.output.lock import folder_lock\n"
              "with folder_lock(sys.argv[1], 'probe'): pass", str(out)],
             cwd=REPO, capture_output=True, text=True,
         )  # fmt: skip

@@ -9,7 +9,7 @@ def test_the_bundled_gguf_is_parsed_once_and_converts_to_the_weights_transformer
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ssogen.models import bundled_model
+    from ssogen.inputs.models import bundled_model
 
     parsed: list[str] = []
     plain_reader = gguf.GGUFReader

@@ -35,7 +35,8 @@ def test_wheel_contains_every_prompt_and_principle_file(wheel):
 def test_installed_wheel_loads_its_own_library_and_templates(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path)
     code = (
-        "from ssogen.library import load_library, Templates, resource_dir; from ssogen.sources import load_queries;"
+        "from ssogen.inputs.library import load_library, Templates, resource_dir;"
+        "from ssogen.inputs.sources import load_queries;"
         "print(resource_dir('prompts')); print(len(load_library(None))); Templates(None);"
         "print(len(load_queries(None).queries))"
     )

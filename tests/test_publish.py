@@ -19,8 +19,9 @@ import pytest
 from huggingface_hub import HfApi, snapshot_download
 
 from ssogen.errors import PublishError, UsageError
-from ssogen.lock import LOCK_FILE
-from ssogen.publish import push_folder, validate_repo_id
+from ssogen.hub.publish import push_folder
+from ssogen.hubmeta import validate_repo_id
+from ssogen.output.lock import LOCK_FILE
 from tests.hubtest import REPO, TOKEN, Hub
 
 
@@ -63,7 +64,7 @@ def local_files(folder: Path) -> dict[str, bytes]:
 def digests(folder: Path) -> dict[str, tuple[str, float]]:
     """Content hash and mtime of every entry: a file written, added or removed changes it.
 
-    Except the folder's lock (`ssogen.lock`), which every command on the folder takes, a push included.
+    Except the folder's lock (`ssogen.output.lock`), which every command on the folder takes, a push included.
     """
     lock = folder / LOCK_FILE
     return {

@@ -22,10 +22,10 @@ from huggingface_hub import HfApi
 
 from ssogen.config import BuildConfig
 from ssogen.errors import PublishError, UsageError
-from ssogen.hubcall import scrub_tokens
-from ssogen.merge import merge
-from ssogen.publish import preflight_push, push_folder
-from ssogen.store import OutputFolder
+from ssogen.hub.calls import scrub_tokens
+from ssogen.hub.publish import preflight_push, push_folder
+from ssogen.output.merge import merge
+from ssogen.output.store import OutputFolder
 from tests.conftest import make_record, run_cli
 from tests.hubtest import READ_TOKEN, REPO, TOKEN, Hub, built_folder
 

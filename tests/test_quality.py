@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ssogen.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop, written_is_loop
+from ssogen.generation.quality import MIN_BYTES, compression_ratio, is_degenerate, is_loop, written_is_loop
 
 PROSE = (
     "Photosynthesis is the process by which green plants, algae and some bacteria turn light into chemical energy. "

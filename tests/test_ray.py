@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssogen.store import CHUNKS_DIR
+from ssogen.output.store import CHUNKS_DIR
 from tests.conftest import BUILT_ARGS, REPO, run_cli
 
 RAY_ARGS = (*BUILT_ARGS, "--limit", "4", "--chunk-size", "2", "--executor", "ray", "--replicas", "1")
@@ -57,7 +57,7 @@ def test_a_ray_build_survives_a_killed_replica_and_holds_the_same_query_ids_as_a
     ids = query_ids(out)
     assert len(ids) == len(set(ids)) == 4
     # The local run of the same settings built the first 9 queries; the first 4 are these.
-    from ssogen.sources import load_queries
+    from ssogen.inputs.sources import load_queries
 
     first_four = [q.prompt_id for q in load_queries(str(queries), limit=4).queries]
     assert set(ids) == set(first_four) <= set(query_ids(built_folder))

@@ -17,10 +17,11 @@ import psutil
 import pytest
 import yaml
 
-from ssogen import cli, pipeline
-from ssogen.engine import Engine, EngineError
+from ssogen import cli
 from ssogen.errors import UsageError
-from ssogen.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
+from ssogen.generation import pipeline
+from ssogen.generation.engine import Engine, EngineError
+from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
 from tests.conftest import BUILT_ARGS, REPO, error_lines, run_cli
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ssogen.scoring import mean_logprob, sigmoid, weight
+from ssogen.generation.scoring import mean_logprob, sigmoid, weight
 
 
 def test_mean_logprob_is_the_per_token_mean():
@@ -37,7 +37,7 @@ def test_engine_scores_match_a_transformers_forward_pass(engine, bundled_model, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ssogen.chat import ChatFormat
+    from ssogen.inputs.chat import ChatFormat
 
     chat = ChatFormat(tokenizer)
     cases = [
@@ -71,8 +71,8 @@ def test_engine_scores_match_a_transformers_forward_pass(engine, bundled_model, 
 
 def test_an_answer_that_ends_by_itself_carries_the_end_of_sequence_token(engine, tokenizer):
     """Scoring reuses the sampled token ids, so they must include the token that ended the answer."""
-    from ssogen.chat import ChatFormat
-    from ssogen.engine import Request
+    from ssogen.generation.engine import Request
+    from ssogen.inputs.chat import ChatFormat
 
     chat = ChatFormat(tokenizer)
     (done,) = engine.generate([Request(chat.prompt_ids([{"role": "user", "content": "Say hi."}]), 1, 300)])
@@ -91,8 +91,8 @@ def _long_pair(chat, block: int) -> tuple[list[int], list[int]]:
 
 def test_scoring_reuses_the_cached_bare_query_and_gives_the_same_log_probs(engine, tokenizer):
     """π̃ reads x's KV blocks cached by y° (sampled under x): same values as a cold prefill, less work."""
-    from ssogen.chat import ChatFormat
-    from ssogen.engine import Request
+    from ssogen.generation.engine import Request
+    from ssogen.inputs.chat import ChatFormat
 
     prompt, response = _long_pair(ChatFormat(tokenizer), engine.block_size)
     engine.reset_prefix_cache()
@@ -108,7 +108,7 @@ def test_scoring_reuses_the_cached_bare_query_and_gives_the_same_log_probs(engin
 
 def test_a_cache_hit_reaching_into_the_answer_is_scored_again_without_the_cache(engine, tokenizer):
     """Positions served from the cache get no log-prob: a hit past x must not leave holes in π̃."""
-    from ssogen.chat import ChatFormat
+    from ssogen.inputs.chat import ChatFormat
 
     prompt, response = _long_pair(ChatFormat(tokenizer), engine.block_size)
     block = engine.block_size

@@ -40,8 +40,8 @@ def test_the_labelled_set_is_varied_enough_to_measure_selection():
 @pytest.fixture(scope="module")
 def selections(engine, tmp_path_factory):
     """The features each mode chooses for every labelled query (k = 2, the default), on the shared engine."""
-    from ssogen.flow import flow_chunks, prepare
-    from ssogen.plan import plan_build
+    from ssogen.generation.flow import flow_chunks, prepare
+    from ssogen.generation.plan import plan_build
 
     rows = labelled()
     folder = tmp_path_factory.mktemp("labels")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ssogen.plan import shard, shard_of
-from ssogen.sources import load_queries
+from ssogen.generation.plan import shard, shard_of
+from ssogen.inputs.sources import load_queries
 from tests.conftest import BUILT_ARGS, run_cli
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ssogen.errors import UsageError
-from ssogen.sources import load_queries, prompt_id
+from ssogen.inputs.sources import load_queries, prompt_id
 
 
 def test_bundled_queries_are_12_distinct_prompts_small_enough_for_a_quick_first_run():

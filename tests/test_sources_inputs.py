@@ -21,7 +21,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from ssogen.errors import UsageError
-from ssogen.sources import load_queries, prompt_id
+from ssogen.inputs.sources import load_queries, prompt_id
 from tests.conftest import REPO as SOURCE_TREE
 from tests.hubtest import TOKEN, Hub
 from tests.test_sources import write_frame
@@ -202,7 +202,7 @@ def test_a_hub_dataset_streams_only_what_limit_needs_from_the_chosen_split(hub: 
     code = """
 import json, sys
 from ssogen.errors import UsageError
-from ssogen.sources import load_queries
+from ssogen.inputs.sources import load_queries
 out = {}
 for case, source, options in [
     ("limit", sys.argv[1], {"limit": 3}),
@@ -234,7 +234,7 @@ print(json.dumps(out))
 MEMORY_PROBE = """
 import resource, sys
 import pyarrow.csv, pyarrow.parquet
-from ssogen.sources import iter_queries
+from ssogen.inputs.sources import iter_queries
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 count = sum(1 for _ in iter_queries(sys.argv[1]))
 print(count, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)

@@ -7,10 +7,8 @@ import random
 
 import pytest
 
-from ssogen.library import Feature, Templates, load_library
-from ssogen.steer import (
+from ssogen.generation.steer import (
     choose_features,
-    derive_seed,
     drop_reason,
     label_pattern,
     library_principles,
@@ -18,12 +16,13 @@ from ssogen.steer import (
     name_token_ids,
     parse_features,
     parse_principles,
-    query_rng,
     rank_features,
     selection_prompt,
     strip_label,
     system_message,
 )
+from ssogen.inputs.library import Feature, Templates, load_library
+from ssogen.inputs.seeds import derive_seed, query_rng
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +205,7 @@ def test_the_selection_answer_starts_with_the_prefix_the_template_sets(library, 
 def test_a_selection_template_without_an_answer_prefix_gets_none(library, tmp_path):
     import shutil
 
-    from ssogen.library import resource_dir
+    from ssogen.inputs.library import resource_dir
 
     folder = tmp_path / "prompts"
     shutil.copytree(resource_dir("prompts"), folder)

@@ -10,12 +10,12 @@ import pytest
 from datasets import load_dataset
 
 from ssogen.config import BuildConfig
-from ssogen.export import export_folder
-from ssogen.library import Templates
-from ssogen.models import ModelRef
-from ssogen.plan import run_settings
-from ssogen.store import OutputFolder
-from ssogen.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
+from ssogen.generation.plan import run_settings
+from ssogen.inputs.library import Templates
+from ssogen.inputs.models import ModelRef
+from ssogen.output.export import export_folder
+from ssogen.output.store import OutputFolder
+from ssogen.output.views import VIEWS, dpo_row, reference_row, reward_row, split_of, steer_neg_row, steer_pos_row
 from tests.conftest import make_record as record
 
 FAKE_TOKEN = "hf_" + "Z" * 34

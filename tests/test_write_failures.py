@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets import load_dataset
 
 from ssogen.config import BuildConfig
-from ssogen.store import CHUNKS_DIR, OutputFolder
+from ssogen.output.store import CHUNKS_DIR, OutputFolder
 from tests.conftest import BUILT_ARGS, REPO, error_lines, make_record, run_cli
 
 _PR_CAPBSET_DROP = 24
@@ -91,7 +91,7 @@ def test_a_read_only_folder_stops_before_any_work_naming_the_lock_and_keeps_its_
 def finished_folder(out: Path, queries: Path, rows: int) -> BuildConfig:
     """A build folder whose every query is finished (synthetic records with 6 KB answers): a re-run of the
     build only exports, with no engine."""
-    from ssogen.plan import plan_build
+    from ssogen.generation.plan import plan_build
 
     config = BuildConfig(queries=str(queries), limit=rows, output=out)
     plan = plan_build(config)
@@ -183,7 +183,7 @@ def test_a_chunk_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
     import pyarrow.parquet
 
     from ssogen.errors import WriteError
-    from ssogen.plan import run_settings
+    from ssogen.generation.plan import run_settings
 
     folder = OutputFolder(tmp_path / "out")
     folder.prepare(run_settings(BuildConfig(), _model(), _templates()), overwrite=False)
@@ -204,12 +204,12 @@ def test_a_chunk_write_that_fails_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def _model():
-    from ssogen.models import ModelRef
+    from ssogen.inputs.models import ModelRef
 
     return ModelRef(path="m", name="m", revision="r")
 
 
 def _templates():
-    from ssogen.library import Templates
+    from ssogen.inputs.library import Templates
 
     return Templates(None)

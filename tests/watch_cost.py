@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import time
 
-from ssogen.chat import ChatFormat
-from ssogen.engine import Engine, EngineSettings, LoopWatch, Request
-from ssogen.models import bundled_model
+from ssogen.generation.engine import Engine, EngineSettings, LoopWatch, Request
+from ssogen.inputs.chat import ChatFormat
+from ssogen.inputs.models import bundled_model
 from tests.conftest import SHARED_DATA
 
 QUERIES = 32

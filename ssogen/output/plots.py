@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ssogen.card import ROLES
-from ssogen.readback import Build, distinct_names
-from ssogen.store import atomic_write_bytes
-from ssogen.tables import ROLE_SIGN
+from ssogen.output.card import ROLE_SIGN, ROLES
+from ssogen.output.readback import Build, distinct_names
+from ssogen.output.store import atomic_write_bytes
 
 PLOTS = ("weight_hist", "pi_scatter", "lengths", "features", "drops", "audit")
 COLOURS = ("#1f77b4", "#ff7f0e")

@@ -1,6 +1,6 @@
 """Keep the engine full: every query's stages in flight on one engine, from the first query to the last.
 
-Owns the drivers of `ssogen.stages.query_stages`:
+Owns the drivers of `ssogen.generation.stages.query_stages`:
     `Flow`           one engine and the queries on it: each query's next request is handed to the engine the
                      moment its previous stage is done; finished rows come back as they finish.
     `flow_chunks`    a whole build's queries through one `Flow`, admitted while the queries in flight stay
@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssogen.engine import Completion, Engine, Request
 from ssogen.errors import WriteError
 from ssogen.files import atomic_write_bytes
-from ssogen.models import cache_dir
-from ssogen.plan import Plan
-from ssogen.sources import Query
-from ssogen.stages import ROLES, Ask, Row, Scoring, Setup, Stages, query_stages, settles_query
-from ssogen.steer import mean_scores, name_token_ids, selection_prompt
+from ssogen.generation.engine import Completion, Engine, Request
+from ssogen.generation.plan import Plan
+from ssogen.generation.stages import ROLES, Ask, Row, Scoring, Setup, Stages, query_stages, settles_query
+from ssogen.generation.steer import mean_scores, name_token_ids, selection_prompt
+from ssogen.inputs.models import cache_dir
+from ssogen.inputs.sources import Query
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class _Live:
 class Flow:
     """Queries on one engine, each advancing through its stages as its own results come back.
 
-    A result that already decides its query (`ssogen.stages.settles_query`: a looping y+ or y°) has the rest
+    A result that already decides its query (`ssogen.generation.stages.settles_query`: a looping y+ or y°) has the rest
     of that stage abandoned at once (`EngineStream.abandon`), so a lost query stops costing engine steps.
 
     A query added to an idle engine leads: the queries added with it wait one step before their requests go

@@ -1,9 +1,9 @@
 """`ssogen build`: run a planned build on one engine (or a Ray pool), save its chunks, write the folder.
 
-Owns: which queries are left to do (resume), the build loop (the continuous flow of `ssogen.flow`, each
+Owns: which queries are left to do (resume), the build loop (the continuous flow of `ssogen.generation.flow`, each
 finished chunk saved as it completes, so a stopped run resumes where it was), where the engine's own
 output goes (a log file in the folder's working state), the dry run, and the closing summary.
-Validating settings and inputs is `ssogen.plan`; one query's stages are `ssogen.stages`.
+Validating settings and inputs is `ssogen.generation.plan`; one query's stages are `ssogen.generation.stages`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 from tqdm import tqdm
 
 from ssogen.config import BuildConfig
-from ssogen.engine import Engine
-from ssogen.export import export_folder
-from ssogen.flow import dry_run_prompts, flow_chunks, prepare
-from ssogen.plan import Plan, engine_settings, plan_build
-from ssogen.sources import QueryStats, iter_queries, query_source_options
-from ssogen.stages import dropped_row
-from ssogen.store import OutputFolder
+from ssogen.generation.engine import Engine
+from ssogen.generation.flow import dry_run_prompts, flow_chunks, prepare
+from ssogen.generation.plan import Plan, engine_settings, plan_build
+from ssogen.generation.stages import dropped_row
+from ssogen.inputs.sources import QueryStats, iter_queries, query_source_options
+from ssogen.output.export import export_folder
+from ssogen.output.store import OutputFolder
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = Tr
 
     ``engine_log``: send vLLM's own output to `ENGINE_LOG` in the folder (False: leave it on the terminal).
     """
-    # One writer per output folder (ssogen.lock): a second build on it stops at once with exit 2.
+    # One writer per output folder (ssogen.output.lock): a second build on it stops at once with exit 2.
     with OutputFolder(config.output).lock("ssogen build"):
         return _build(config, overwrite=overwrite, engine_log=engine_log)
 
@@ -110,7 +110,7 @@ def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSu
     log_file = str(plan.folder.root / ENGINE_LOG) if engine_log else None
     summary.engine_log = log_file if todo and config.executor == "local" else None
     if todo and config.executor == "ray":
-        from ssogen.distributed import ray_chunks
+        from ssogen.generation.distributed import ray_chunks
 
         summary.remote_engine = True
         total = -(-len(todo) // config.chunk_size)

@@ -1,10 +1,10 @@
 """`--executor ray`: the same SSO stages on a Ray cluster, through Ray Data.
 
-Owns: turning the unfinished queries into a Ray Dataset, the pool of engine replicas (a Ray Data actor
-pool whose actors each hold one `ssogen.engine.Engine` and one continuous `ssogen.flow.FlowService`), and
-streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local
-build does. So there is one code path for the stages, and a lost replica or a restarted driver costs at most
-the chunks in flight: a re-run resumes from the saved ones.
+Owns: turning the unfinished queries into a Ray Dataset, the pool of engine replicas (a Ray Data actor pool whose
+actors each hold one `ssogen.generation.engine.Engine` and one continuous `ssogen.generation.flow.FlowService`), and
+streaming the finished chunks back to the driver, which saves each one as it arrives exactly as a local build does.
+So there is one code path for the stages, and a lost replica or a restarted driver costs at most the chunks in
+flight: a re-run resumes from the saved ones.
 
 Each replica takes `BATCHES_PER_REPLICA` batches (chunks) at a time, in threads, and feeds both into its one
 flow: while one batch's last answers finish, the next batch's queries are already decoding, so a replica's
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ssogen.config import BuildConfig
-from ssogen.engine import EngineError
 from ssogen.errors import UsageError
-from ssogen.sources import Query
+from ssogen.generation.engine import EngineError
+from ssogen.inputs.sources import Query
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class Replica:
     """A Ray Data actor: one engine, built once, running the SSO stages on each batch of queries."""
 
     def __init__(self, settings: dict[str, Any], output: str) -> None:
-        from ssogen.engine import Engine
-        from ssogen.flow import FlowService, prepare
-        from ssogen.plan import engine_settings, plan_build
+        from ssogen.generation.engine import Engine
+        from ssogen.generation.flow import FlowService, prepare
+        from ssogen.generation.plan import engine_settings, plan_build
 
         config = BuildConfig(**settings)
         # The replica needs the model, library, templates and tokenizer; the queries come in batches.
@@ -60,7 +60,7 @@ class Replica:
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
 
-        from ssogen.store import CHUNK_SCHEMA
+        from ssogen.output.store import CHUNK_SCHEMA
 
         queries = [
             Query(
@@ -74,7 +74,7 @@ class Replica:
         if self.flow is not None:
             rows = self.flow.run(queries)
         else:
-            from ssogen.flow import flow_chunks
+            from ssogen.generation.flow import flow_chunks
 
             chunks = flow_chunks(self.engine, self.setup, queries, chunk_size=len(queries), reproducible=True)
             rows = [row for chunk in chunks for row in chunk]
@@ -90,7 +90,7 @@ def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str
         raise UsageError('--executor ray needs Ray Data: pip install "ssogen[ray]"') from None
     import pyarrow as pa
 
-    from ssogen.store import CHUNK_SCHEMA
+    from ssogen.output.store import CHUNK_SCHEMA
 
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():

@@ -15,31 +15,30 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
-from ssogen.engine import Completion, LoopWatch, Repetition, Request
-from ssogen.library import Feature
-from ssogen.plan import Plan
-from ssogen.quality import is_degenerate
-from ssogen.scoring import mean_logprob, weight
-from ssogen.sources import Query
-from ssogen.steer import (
+from ssogen.generation.engine import Completion, LoopWatch, Repetition, Request
+from ssogen.generation.plan import Plan
+from ssogen.generation.quality import is_degenerate
+from ssogen.generation.scoring import mean_logprob, weight
+from ssogen.generation.steer import (
     CHOSEN_SIDES,
     PRINCIPLES_SCHEMA,
     ROLES,
     STEERED,
     Principles,
     choose_features,
-    derive_seed,
     drop_reason,
     library_principles,
     parse_features,
     parse_principles,
     principles_prompt,
-    query_rng,
     rank_features,
     selection_prompt,
     strip_label,
     system_message,
 )
+from ssogen.inputs.library import Feature
+from ssogen.inputs.seeds import derive_seed, query_rng
+from ssogen.inputs.sources import Query
 
 Row = dict[str, Any]
 

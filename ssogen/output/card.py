@@ -14,9 +14,10 @@ import pyarrow as pa
 import yaml
 
 from ssogen.hubmeta import language_codes
-from ssogen.library import Templates
+from ssogen.inputs.library import Templates
 
 ROLES = ("chosen", "rejected", "original")
+ROLE_SIGN = {"chosen": "y+", "rejected": "y-", "original": "y°"}  # the method's names, in tables and plots
 PAPER = "https://arxiv.org/abs/2410.17131"
 # A feature on more than this share of the kept rows is warned about: the selection did not fit the queries.
 FEATURE_WARNING_SHARE = 0.9
@@ -158,7 +159,7 @@ def render_card(
     plots: list[str] | None = None,
     audit: dict[str, Any] | None = None,
 ) -> str:
-    """The README.md of the dataset folder; ``audit`` ({meta, pairs}, see `ssogen.audit`) adds its section."""
+    """The README.md of the dataset folder; ``audit`` ({meta, pairs}, see `ssogen.reading.audit`) adds its section."""
     summary = summarize(records, dropped)
     examples = [
         {

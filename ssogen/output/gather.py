@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ssogen.errors import SsogenError
 from ssogen.files import writing
-from ssogen.store import CHUNK_SCHEMA, OutputFolder
+from ssogen.output.store import CHUNK_SCHEMA, OutputFolder
 
 BUCKET_BYTES = 64 * 2**20
 _POSITION = "__position"

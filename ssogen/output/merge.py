@@ -19,10 +19,10 @@ import pyarrow as pa
 import yaml
 
 from ssogen.errors import UsageError
-from ssogen.export import ExportResult, export_folder
-from ssogen.library import Templates
-from ssogen.sources import load_queries
-from ssogen.store import SETTINGS_FILE, OutputFolder, fingerprint_changes, ids_digest
+from ssogen.inputs.library import Templates
+from ssogen.inputs.sources import load_queries
+from ssogen.output.export import ExportResult, export_folder
+from ssogen.output.store import SETTINGS_FILE, OutputFolder, fingerprint_changes, ids_digest
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The summary of a build (and of its audit) as tables: formatted once, printed with rich or put in the HTML page.
 
-Owns: `Section` (a title, columns and rows of formatted cells), the summary of one build (`sections`), two
-builds side by side (`compare_sections`), and their rich rendering for the terminal (`summary_table`,
-`compare_table`). Every figure comes from `ssogen.card.summarize` (and `ssogen.audit_summary` for an audit), so
-the dataset card, the terminal and the report agree; the only figure computed here is the per-role count of
-answers cut by the token limit, which the card does not have. Tables and HTML are filled from the same cells,
-so they always print the same numbers.
+Owns: `Section` (a title, columns and rows of formatted cells), the summary of one build (`sections`), two builds
+side by side (`compare_sections`), and their rich rendering for the terminal (`summary_table`, `compare_table`).
+Every figure comes from `ssogen.output.card.summarize` (and `ssogen.output.audit_summary` for an audit), so the
+dataset card, the terminal and the report agree; the only figure computed here is the per-role count of answers cut
+by the token limit, which the card does not have. Tables and HTML are filled from the same cells, so they always
+print the same numbers.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ssogen.card import ROLES
-from ssogen.readback import Build, distinct_names, ordered_configs, ordered_splits, single_value
+from ssogen.output.card import ROLE_SIGN, ROLES
+from ssogen.output.readback import Build, distinct_names, ordered_configs, ordered_splits, single_value
 
 STATS = ("min", "p25", "median", "p75", "max", "mean")
-ROLE_SIGN = {"chosen": "y+", "rejected": "y-", "original": "y°"}
 MISSING = "–"
 
 
@@ -287,7 +286,7 @@ def _interval(ci: tuple[float, float] | list[float] | None) -> str:
     return MISSING if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}"
 
 
-# (label, figure) of the verdict table: every figure of `ssogen.audit_summary.summarize_pair` shown per pair.
+# (label, figure) of the verdict table: every figure of `ssogen.output.audit_summary.summarize_pair` shown per pair.
 VERDICT_ROWS: list[tuple[str, Any]] = [
     ("rows judged", lambda f: str(f["rows"])),
     ("accuracy (P > 0.5)", lambda f: _f3(f["accuracy"])),

@@ -3,8 +3,8 @@
 Owns: `Plan` (the validated settings, the model, the principle library, the templates, the queries, the
 output folder, the chat format), the settings recorded with a dataset and the fingerprint a resume must
 match, sharding by query id, and the engine settings a build asks for. Nothing here starts an engine or
-writes output; the stages (`ssogen.stages`), the flow (`ssogen.flow`) and the build (`ssogen.pipeline`)
-all start from a `Plan`.
+writes output; the stages (`ssogen.generation.stages`), the flow (`ssogen.generation.flow`) and the build
+(`ssogen.generation.pipeline`) all start from a `Plan`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from functools import cached_property
 from typing import Any
 
 from ssogen import __version__
-from ssogen.chat import ChatFormat
 from ssogen.config import BuildConfig
-from ssogen.engine import EngineSettings
 from ssogen.errors import UsageError
-from ssogen.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
-from ssogen.models import ModelRef, model_context_length, resolve_model
-from ssogen.sources import Query, QuerySet, iter_queries, load_queries, query_source_options
-from ssogen.steer import label_pattern, selectable
-from ssogen.store import OutputFolder, ids_digest
+from ssogen.generation.engine import EngineSettings
+from ssogen.generation.steer import label_pattern, selectable
+from ssogen.inputs.chat import ChatFormat
+from ssogen.inputs.library import GENERATION_TEMPLATES, Feature, Templates, files_hash, load_library, resource_dir
+from ssogen.inputs.models import ModelRef, model_context_length, resolve_model
+from ssogen.inputs.sources import Query, QuerySet, iter_queries, load_queries, query_source_options
+from ssogen.output.store import OutputFolder, ids_digest
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Plan:
 
     @cached_property
     def labels(self) -> re.Pattern[str]:
-        """The steering labels the policy may echo at the start of y+ / y- (see `ssogen.steer.label_pattern`)."""
+        """The steering labels the policy may echo at the start of y+ / y- (`ssogen.generation.steer.label_pattern`)."""
         return label_pattern(self.library)
 
 
@@ -117,7 +117,7 @@ def run_settings(
 ) -> dict[str, Any]:
     """The exact settings recorded with the dataset; the fingerprint is what a resume must match.
 
-    ``queries_hash`` (`ssogen.store.ids_digest` of the query list) makes the fingerprint cover the queries'
+    ``queries_hash`` (`ssogen.output.store.ids_digest` of the query list) makes the fingerprint cover the queries'
     content, not only their path: a resume never keeps rows of queries that were removed from the input.
 
     Settings that change neither the rows nor their order (engine sizing, --chunk-size, --reproducible,
@@ -166,7 +166,7 @@ def engine_settings(config: BuildConfig, model: ModelRef, *, log_file: str | Non
     if shared["max_model_len"] is None:
         # On CPU vLLM needs the number (chunked prefill is off, so one step must hold a whole prompt); on a
         # GPU None lets vLLM take the model's own context, or the longest that its memory holds.
-        from ssogen.engine import on_cpu
+        from ssogen.generation.engine import on_cpu
 
         if on_cpu():
             shared["max_model_len"] = model_context_length(model, trust_remote_code=config.trust_remote_code)

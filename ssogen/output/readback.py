@@ -2,8 +2,8 @@
 
 Owns: `Build` (a build's kept records, dropped queries, row counts per config and split, settings, and its
 audit when `ssogen audit` has judged it), `load_build` (a folder or a Hub dataset id), and the order in which
-configs and splits are shown. Figures are computed elsewhere (`ssogen.card.summarize` for the build,
-`ssogen.audit_summary.summarize_audit` for its audit); the tables, plots and page read them from here.
+configs and splits are shown. Figures are computed elsewhere (`ssogen.output.card.summarize` for the build,
+`ssogen.output.audit_summary.summarize_audit` for its audit); the tables, plots and page read them from here.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ssogen.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, summarize_audit
-from ssogen.card import ROLES, summarize
 from ssogen.errors import SsogenError, UsageError
-from ssogen.store import DROPPED_SCHEMA, RECORD_SCHEMA, SETTINGS_FILE
+from ssogen.output.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, summarize_audit
+from ssogen.output.card import ROLES, summarize
+from ssogen.output.store import DROPPED_SCHEMA, RECORD_SCHEMA, SETTINGS_FILE
 
 # Configs in the order `ssogen build` writes them; others follow alphabetically.
 CONFIG_ORDER = ("sso", "dpo", "steer_pos", "steer_neg", "reward", "sso_reference", "dropped", "audit")

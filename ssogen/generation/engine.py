@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ssogen.errors import SsogenError
-from ssogen.quality import written_is_loop
+from ssogen.generation.quality import written_is_loop
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Repetition:
 class LoopWatch:
     """ssogen's own check while an answer is written: every `every` tokens from the `start`-th on, the text's
     last `tail_bytes` bytes, and from twice that length the whole text so far, are compressed
-    (`ssogen.quality.written_is_loop`); below `threshold`, the answer is a loop and is aborted there (finish
+    (`ssogen.generation.quality.written_is_loop`); below `threshold`, the answer is a loop and is aborted there (finish
     reason 'repetition'). It sees the loops that vary a little, which vLLM's exact-repeat check lets run to
     the token limit."""
 
@@ -733,7 +733,7 @@ class RewardEngine(Engine):
     """A sequence-classification reward model on vLLM's pooling runner: one score per conversation.
 
     vLLM picks the pooling runner by itself for a ``*ForSequenceClassification`` checkpoint, so the engine is
-    built exactly as `Engine` builds one; the caller checks the architecture first (`ssogen.audit`).
+    built exactly as `Engine` builds one; the caller checks the architecture first (`ssogen.reading.audit`).
     """
 
     def __init__(self, settings: EngineSettings) -> None:

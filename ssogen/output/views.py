@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ssogen.steer import derive_seed
-from ssogen.store import RECORD_SCHEMA
+from ssogen.inputs.seeds import derive_seed
+from ssogen.output.store import RECORD_SCHEMA
 
 Row = dict[str, Any]
 
@@ -60,7 +60,7 @@ def _turns(row: Row) -> list[Row]:
 def _prompt(row: Row, steering: str | None) -> list[Row]:
     """The conversation an answer was generated under: the steering message (if any) and the query's own
     system turn first, as a system turn, or merged into the first user turn when the model's template had
-    no system role (`steering_in_user`), exactly as generation did (`ssogen.chat.ChatFormat.with_system`)."""
+    no system role (`steering_in_user`), exactly as generation did (`ssogen.inputs.chat.ChatFormat.with_system`)."""
     system = "\n\n".join(part for part in (steering, row.get("system")) if part)
     turns = _turns(row)
     if not system:

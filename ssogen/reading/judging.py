@@ -1,6 +1,6 @@
 """How a judge sees a pair, and how its verdict is read: the prompts and the arithmetic of `ssogen audit`.
 
-Owns: the pairwise template (``prompts/audit_pairwise.j2``, rendered in the sandbox of `ssogen.library`) and
+Owns: the pairwise template (``prompts/audit_pairwise.j2``, rendered in the sandbox of `ssogen.inputs.library`) and
 its checks (two labels, each one token after the answer prefix; the query and both answers shown), the
 token ids of a judge prompt, the verdict read from the labels' log-probabilities, the two orders of a pair in
 an order that does not depend on which answer is preferred, and the conversations a reward model scores.
@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ssogen.audit_summary import sigmoid
-from ssogen.chat import ChatFormat, Message
 from ssogen.errors import UsageError
-from ssogen.library import Templates
+from ssogen.inputs.chat import ChatFormat, Message
+from ssogen.inputs.library import Templates
+from ssogen.output.audit_summary import sigmoid
 
 JUDGE_TEMPLATE = "audit_pairwise.j2"
 # Stand-ins rendered once to check that the template shows the query and both answers.

@@ -9,7 +9,6 @@ drops a query whose three answers do not make a usable pair.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -18,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ssogen.errors import UsageError
-from ssogen.library import Feature, Templates
+from ssogen.inputs.library import Feature, Templates
 
 ROLES = ("chosen", "rejected", "original")
 STEERED = ("chosen", "rejected")  # the roles whose prompts carry a steering message
@@ -33,21 +32,6 @@ class Principles:
     positive: str
     negative: str
     source: str  # "library" or "generated"
-
-
-def derive_seed(run_seed: int, round: int, prompt_id: str, purpose: str) -> int:
-    """A request seed from the run seed, the round, the query and what the request is for.
-
-    The round is part of it so that rounds run with one `--seed` over the same queries draw new features
-    and new samples, as the method's iterations expect.
-    """
-    digest = hashlib.sha256(f"{run_seed}:{round}:{prompt_id}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def query_rng(run_seed: int, round: int, prompt_id: str) -> random.Random:
-    """Per-query random generator: a query's choices do not depend on the other queries."""
-    return random.Random(derive_seed(run_seed, round, prompt_id, "features"))
 
 
 def selectable(library: list[Feature]) -> list[Feature]:

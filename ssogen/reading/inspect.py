@@ -1,7 +1,8 @@
 """`ssogen inspect`: look at a built dataset (or compare two rounds) before training on it.
 
-Owns only the command: read the build(s) (`ssogen.readback`), print the summary or the side-by-side tables
-(`ssogen.tables`), and write the HTML report with its plots when asked (`ssogen.report`, `ssogen.plots`).
+Owns only the command: read the build(s) (`ssogen.output.readback`), print the summary or the side-by-side tables
+(`ssogen.reading.tables`), and write the HTML report with its plots when asked (`ssogen.reading.report`,
+`ssogen.output.plots`).
 The names other modules import from here (`load_build`, `render_plots`, ...) are re-exported.
 """
 
@@ -12,10 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from ssogen.plots import render_plots
-from ssogen.readback import Build, load_build
-from ssogen.report import write_report
-from ssogen.tables import compare_table, summary_table
+from ssogen.output.plots import render_plots
+from ssogen.output.readback import Build, load_build
+from ssogen.reading.report import write_report
+from ssogen.reading.tables import compare_table, summary_table
 
 __all__ = ["Build", "load_build", "render_plots", "run_inspect", "write_report"]
 

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ssogen.engine import Completion, Engine, Request
-from ssogen.flow import flow_chunks, prepare
-from ssogen.plan import Plan
-from ssogen.stages import ROLES, Setup, query_stages
+from ssogen.generation.engine import Completion, Engine, Request
+from ssogen.generation.flow import flow_chunks, prepare
+from ssogen.generation.plan import Plan
+from ssogen.generation.stages import ROLES, Setup, query_stages
 
 REFERENCE_BATCH = 16
 MEASUREMENTS = ("ssogen", "raw", "reference")

@@ -5,7 +5,7 @@ uses the same settings; atomic chunk writes (written beside, then renamed, so a 
 whole chunks), each chunk stamped with what wrote it (ssogen version, record schema, settings); and, before a
 run resumes, checking every chunk: a damaged one (truncated, not Parquet) or a foreign one (other settings,
 another ssogen version or schema) is named, moved to ``.ssogen/set-aside/`` (never deleted) and its queries are
-done again. Exporting the chunks is `ssogen.export`; the lock is `ssogen.lock`.
+done again. Exporting the chunks is `ssogen.output.export`; the lock is `ssogen.output.lock`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ssogen import __version__, swap
+from ssogen import __version__
 from ssogen.errors import UsageError
 from ssogen.files import atomic_path, atomic_write_bytes, writing
-from ssogen.lock import LOCK_FILE, folder_lock
+from ssogen.output import swap
+from ssogen.output.lock import LOCK_FILE, folder_lock
 
 __all__ = ["CHUNK_SCHEMA", "DROPPED_SCHEMA", "RECORD_SCHEMA", "OutputFolder", "atomic_write_bytes"]
 
@@ -65,7 +66,7 @@ RECORD_SCHEMA = pa.schema(
         ("original", pa.string()),
         *_PER_ROLE,
         # An answer judged a degenerate loop (stopped by the engine's repetition check, or found by
-        # `ssogen.quality` after it ended); a kept row can only have a degenerate y- (the rejected side).
+        # `ssogen.generation.quality` after it ended); a kept row can only have a degenerate y- (the rejected side).
         *[(f"degenerate_{role}", pa.bool_()) for role in ("chosen", "rejected", "original")],
         # The model's chat template has no system role, so p+ / p- went into the first user turn.
         ("steering_in_user", pa.bool_()),
@@ -156,9 +157,9 @@ class OutputFolder:
     # --- one writer per folder ---------------------------------------------------------------------
     @contextmanager
     def lock(self, command: str, *, read_only: bool = False) -> Iterator[None]:
-        """Hold the folder's exclusive lock (`ssogen.lock`); a second process stops at once with exit 2.
+        """Hold the folder's exclusive lock (`ssogen.output.lock`); a second process stops at once with exit 2.
 
-        Under the lock, an export that a kill interrupted is finished or removed first (`ssogen.swap`).
+        Under the lock, an export that a kill interrupted is finished or removed first (`ssogen.output.swap`).
         ``read_only``: the command only reads the folder (push, merge's inputs).
         """
         if not read_only:

@@ -1,10 +1,10 @@
 """Write the finished dataset folder in the Hub's layout, from the saved chunks, streamed and swapped in whole.
 
 Owns: ``data/<config>/<split>-0000k-of-0000n.parquet`` for every view — rows in the order of the query list,
-one per prompt_id, written a bounded number of rows at a time (`ssogen.gather`), a new file past
+one per prompt_id, written a bounded number of rows at a time (`ssogen.output.gather`), a new file past
 `ExportLimits.file_bytes` on disk, row groups of at most about `ExportLimits.row_group_bytes` — and the
 LLaMA-Factory ``dataset_info.json`` and the dataset card ``README.md``. Everything is written into a staging
-folder beside the previous export and swapped in at the end (`ssogen.swap`): a kill or a failed write leaves
+folder beside the previous export and swapped in at the end (`ssogen.output.swap`): a kill or a failed write leaves
 the previous export as it was. Everything here derives from the chunks and the settings, so running it twice
 gives the same folder.
 """
@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ssogen import swap
-from ssogen.card import render_card
 from ssogen.errors import WriteError
 from ssogen.files import atomic_write_bytes, fsync_file, writing
-from ssogen.gather import BUCKET_BYTES, Gathered, gather
-from ssogen.library import Templates
-from ssogen.store import (
+from ssogen.inputs.library import Templates
+from ssogen.output import swap
+from ssogen.output.card import render_card
+from ssogen.output.gather import BUCKET_BYTES, Gathered, gather
+from ssogen.output.store import (
     DROPPED_ANSWERS,
     DROPPED_SCHEMA,
     RECORD_SCHEMA,
@@ -39,7 +39,7 @@ from ssogen.store import (
     OutputFolder,
     rows_per_group,
 )
-from ssogen.views import VIEWS, llamafactory_dataset_info, split_of, view_tables
+from ssogen.output.views import VIEWS, llamafactory_dataset_info, split_of, view_tables
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ExportLimits:
 
     file_bytes: int = FILE_BYTES  # a split's file is closed once it is this large on disk
     row_group_bytes: int = ROW_GROUP_BYTES  # uncompressed bytes per row group, at most about
-    bucket_bytes: int = BUCKET_BYTES  # uncompressed bytes of rows held at a time (`ssogen.gather`)
+    bucket_bytes: int = BUCKET_BYTES  # uncompressed bytes of rows held at a time (`ssogen.output.gather`)
 
 
 @dataclass
@@ -277,7 +277,8 @@ def _write_card(
     atomic_write_bytes(staging / "dataset_info.json", (json.dumps(info, indent=2) + "\n").encode())
     plots: list[str] = []
     if card_plots:
-        from ssogen.inspect import load_build, render_plots
+        from ssogen.output.plots import render_plots
+        from ssogen.output.readback import load_build
 
         if (folder.root / SETTINGS_FILE).is_file():  # read by load_build for the labels; not swapped in
             atomic_write_bytes(staging / SETTINGS_FILE, (folder.root / SETTINGS_FILE).read_bytes())

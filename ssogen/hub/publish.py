@@ -4,7 +4,7 @@ Owns: checking the repo id; the checks run before a build that ends with a push 
 write access, the round's tag, files in the repo that ssogen did not publish), so that a push refused for
 any of these reasons is refused before hours of generation; creating the dataset repo and settling its
 visibility; uploading a finished folder in one commit and tagging the round. Retries and error messages
-are `ssogen.hubcall`'s; what a folder sends (and whether it is finished) is `ssogen.readiness`'s.
+are `ssogen.hub.calls`'s; what a folder sends (and whether it is finished) is `ssogen.hub.readiness`'s.
 
 Visibility
     ``private=True`` (--private) makes the repo private, an existing public one included, before any file
@@ -44,18 +44,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import validate_repo_id as _hf_validate_repo_id
 
 from ssogen.errors import PublishError, UsageError
-from ssogen.hubcall import BACKOFF_SECONDS, MAX_RETRIES, MAX_WAIT_SECONDS, HubCaller, known_token
-from ssogen.readiness import CARD, Outbox, check_finished, outbox
-from ssogen.store import SETTINGS_FILE
+from ssogen.hub.calls import BACKOFF_SECONDS, MAX_RETRIES, MAX_WAIT_SECONDS, HubCaller, known_token
+from ssogen.hub.readiness import CARD, Outbox, check_finished, outbox
+from ssogen.hubmeta import validate_repo_id
+from ssogen.output.store import SETTINGS_FILE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PushOptions", "PushResult", "preflight_push", "push_folder", "validate_repo_id"]
+__all__ = ["PushOptions", "PushResult", "preflight_push", "push_folder"]
 
 REPO_TYPE = "dataset"
 DEFAULT_BRANCH = "main"
@@ -118,20 +118,6 @@ class PushResult:
         return f"published {where}: commit {self.commit_oid[:12]}"
 
 
-def validate_repo_id(repo_id: str) -> str:
-    """Return ``repo_id`` if it is a valid ``ORG/NAME`` Hub id, else raise :class:`UsageError`."""
-    problem = f"--push-to-hub expects a Hub dataset id of the form ORG/NAME, got {repo_id!r}"
-    # The Hub's own validator also accepts a bare NAME (it means the user's namespace);
-    # ssogen wants the owner spelled out so a push never lands somewhere unexpected.
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise UsageError(problem)
-    try:
-        _hf_validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise UsageError(f"{problem}: {err}") from None
-    return repo_id
-
-
 def push_folder(
     folder: Path,
     repo_id: str,
@@ -150,7 +136,7 @@ def push_folder(
     """Upload the finished ``folder`` to the dataset repo ``repo_id`` in one commit tagged ``round-<round>``.
 
     ``endpoint`` defaults to huggingface_hub's (``HF_ENDPOINT`` as read at its import). Transient failures
-    are retried (`ssogen.hubcall`). Raises :class:`UsageError` for bad arguments or an unfinished folder
+    are retried (`ssogen.hub.calls`). Raises :class:`UsageError` for bad arguments or an unfinished folder
     and :class:`PublishError` for everything the Hub refuses or that fails.
     """
     validate_repo_id(repo_id)

@@ -22,7 +22,7 @@ import yaml
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 from ssogen.errors import UsageError
-from ssogen.store import CHUNKS_DIR, SETTINGS_FILE
+from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE
 
 CARD = "README.md"
 # The card's own snippets: `load_dataset("<this dataset>", ...`.

@@ -44,10 +44,11 @@ class Feature:
 
 def resource_dir(name: str) -> Path:
     """The bundled ``prompts``/``principles`` folder, in a wheel install or a source checkout."""
-    installed = Path(__file__).parent / "_resources" / name
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "_resources" / name
     if installed.is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / name
+    return package.parent / name
 
 
 def load_library(folder: Path | None) -> list[Feature]:

@@ -1,17 +1,17 @@
 """The HTML page of `ssogen inspect --report`: the summary tables and the plots of a build (or two).
 
 Owns: `write_report`, which renders ``prompts/inspect_report.html.j2`` (autoescaped: every value is data)
-beside the PNGs of `ssogen.plots`, from the same formatted cells the terminal prints (`ssogen.tables`).
+beside the PNGs of `ssogen.output.plots`, from the same formatted cells the terminal prints (`ssogen.reading.tables`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ssogen.plots import PLOTS, render_plots
-from ssogen.readback import Build, distinct_names
-from ssogen.store import atomic_write_bytes
-from ssogen.tables import compare_sections, sections
+from ssogen.output.plots import PLOTS, render_plots
+from ssogen.output.readback import Build, distinct_names
+from ssogen.output.store import atomic_write_bytes
+from ssogen.reading.tables import compare_sections, sections
 
 REPORT_TEMPLATE = "inspect_report.html.j2"
 
@@ -31,7 +31,7 @@ def write_report(build: Build, out_dir: Path, compare: Build | None = None) -> P
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
     from ssogen import __version__
-    from ssogen.library import resource_dir
+    from ssogen.inputs.library import resource_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ Owns the command: checking every input before an engine starts (`plan_audit`: th
 the judge model and its chat template, the judge template's labels), judging both pairs of the method
 (`judge`: pairwise label log-probabilities in both orders, or a reward model's scores), writing the result into
 the dataset folder (the `audit` config, ``audit.yaml``, the card's audit
-section: `write_audit`), printing the tables, and publishing with `ssogen.publish` when asked. The prompts and
-the verdict arithmetic are `ssogen.judging`; the figures `ssogen.audit_summary`.
+section: `write_audit`), printing the tables, and publishing with `ssogen.hub.publish` when asked. The prompts and
+the verdict arithmetic are `ssogen.reading.judging`; the figures `ssogen.output.audit_summary`.
 """
 
 from __future__ import annotations
@@ -26,16 +26,23 @@ from rich.console import Console
 from rich.text import Text
 
 from ssogen import __version__
-from ssogen.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, PAIRS, sigmoid
-from ssogen.chat import ChatFormat
-from ssogen.engine import Engine, EngineSettings, Request, RewardEngine
 from ssogen.errors import UsageError
 from ssogen.files import atomic_path, atomic_write_bytes, writing
-from ssogen.judging import JUDGE_TEMPLATE, PairwiseTemplate, both_orders, load_pairwise, reward_conversation, verdict
-from ssogen.library import Templates, files_hash
-from ssogen.models import BUNDLED_NAME, ModelRef, bundled_model, resolve_model
-from ssogen.readback import Build, load_build, single_value
-from ssogen.store import SETTINGS_FILE, OutputFolder, rows_per_group
+from ssogen.generation.engine import Engine, EngineSettings, Request, RewardEngine
+from ssogen.inputs.chat import ChatFormat
+from ssogen.inputs.library import Templates, files_hash
+from ssogen.inputs.models import BUNDLED_NAME, ModelRef, bundled_model, resolve_model
+from ssogen.output.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, PAIRS, sigmoid
+from ssogen.output.readback import Build, load_build, single_value
+from ssogen.output.store import SETTINGS_FILE, OutputFolder, rows_per_group
+from ssogen.reading.judging import (
+    JUDGE_TEMPLATE,
+    PairwiseTemplate,
+    both_orders,
+    load_pairwise,
+    reward_conversation,
+    verdict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +182,7 @@ def _judge_templates(options: AuditOptions) -> Templates:
 
 
 def _push_target(options: AuditOptions, build: Build) -> str | None:
-    from ssogen.publish import validate_repo_id
+    from ssogen.hubmeta import validate_repo_id
 
     hub = not Path(options.target).expanduser().exists()
     if options.push is None or options.push is False:
@@ -341,7 +348,7 @@ def _judge_pairwise(plan: AuditPlan, engine: Engine) -> list[dict[str, Any]]:
     out = []
     for pair, items in plan.pairwise.items():
         # One engine call per pair, from an empty prefix cache: the same pair's prompts then run in the same
-        # batches on every run (see `ssogen.judging.both_orders`), whatever else was judged before.
+        # batches on every run (see `ssogen.reading.judging.both_orders`), whatever else was judged before.
         engine.reset_prefix_cache()
         requests = [
             Request(ids, seed=0, max_tokens=1, temperature=0.0, logprob_token_ids=plan.template.label_ids)
@@ -482,8 +489,8 @@ def refresh_card(build: Build, folder: Path, repo_id: str | None) -> bool:
     Uses the card template of the build's own ``--prompts`` when that folder is still there. Returns False
     (card left as it was) for a folder whose settings are not an ssogen build's.
     """
-    from ssogen.card import render_card
-    from ssogen.plots import render_plots
+    from ssogen.output.card import render_card
+    from ssogen.output.plots import render_plots
 
     settings = build.settings
     if not isinstance(settings.get("run"), dict):
@@ -543,7 +550,7 @@ def run_audit(
     ``engine``: a judge engine already running (tests share one); it must hold the judge model.
     ``engine_log``: a file for vLLM's own output when the audit starts its engine (None: the terminal).
     """
-    from ssogen.tables import audit_table
+    from ssogen.reading.tables import audit_table
 
     console = console or Console()
     plan = plan_audit(options, context_limit=engine.settings.max_model_len if engine is not None else None)
@@ -560,7 +567,7 @@ def run_audit(
         rows, seconds = _timed_judge(plan, engine)
     meta = audit_meta(plan, rows, start_seconds=start, judge_seconds=seconds)
     folder = _prepare_output(plan)
-    # One writer per folder: no build re-exports it while the audit writes into it (ssogen.lock).
+    # One writer per folder: no build re-exports it while the audit writes into it (ssogen.output.lock).
     with OutputFolder(folder).lock("ssogen audit"):
         write_audit(folder, rows, meta)
         written = load_build(str(folder))
@@ -571,7 +578,7 @@ def run_audit(
     console.print(audit_table(written))
     console.print(Text(f"audit written to {folder} (data/{AUDIT_CONFIG}, {AUDIT_FILE}, README.md)"))
     if plan.push_to:
-        from ssogen.publish import push_folder
+        from ssogen.hub.publish import push_folder
 
         round_number = written.round if isinstance(written.round, int) else 0
         result = push_folder(
