@@ -16,45 +16,94 @@ import tempfile
 import threading
 import types
 import typing
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
 from ssogen import __version__
-from ssogen.config import BuildConfig, flag, load_yaml_settings
+from ssogen.config import GROUPS, BuildConfig, flag, load_yaml_settings
 from ssogen.errors import SsogenError, UsageError, WriteError
 
 logger = logging.getLogger("ssogen")
 
 
-def _field_type(annotation: Any) -> Any:
-    """The concrete type of an annotation such as ``int | None`` (annotations are strings here)."""
-    hint = typing.get_type_hints(BuildConfig)[annotation]
+HELP_WIDTH = 100
+# Settings `ssogen bench` takes: it measures a build's path on one local engine and writes nothing.
+BENCH_GROUPS = ("input", "method", "generation", "engine")
+BENCH_RUN_SETTINGS = ("chunk_size", "reproducible")
+# Settings `ssogen doctor` takes: the model and how the engine is built.
+DOCTOR_SETTINGS = ("model", "model_revision", "trust_remote_code")
+# The engine settings `ssogen audit` takes for its judge (same meaning and text as for a build's policy).
+JUDGE_ENGINE_SETTINGS = (
+    "dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager", "trust_remote_code",
+)  # fmt: skip
+
+
+METAVARS = {int: "N", float: "X", Path: "DIR"}
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=34, width=HELP_WIDTH)
+
+
+def _field_type(name: str) -> Any:
+    """The concrete type of a field such as ``int | None`` (annotations are strings here)."""
+    hint = typing.get_type_hints(BuildConfig)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
 
 
-def _add_build_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML file of settings (flags override it).")
-    for f in fields(BuildConfig):
-        kind = _field_type(f.name)
-        default = f.default if f.default is not MISSING else None
-        # argparse %-formats help strings; a literal "%" in a setting's help would crash `--help`.
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
-        # SUPPRESS keeps "not given" apart from "given as the default", so flags only override what they name.
-        if kind is bool:
-            parser.add_argument(
-                f"--{flag(f.name)}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
+def setting_help(f: Field[Any]) -> str:
+    """A setting's help with its one default: said in the text when there is none to print."""
+    text = f.metadata["help"]
+    default = f.default if f.default is not MISSING else None
+    if default is True:
+        text += " (default: on)"
+    elif default is not None and default is not False:
+        text += f" (default: {default})"
+    # argparse %-formats help strings; a literal "%" in a setting's help would crash `--help`.
+    return text.replace("%", "%%")
+
+
+def add_setting(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str) -> None:
+    """One `BuildConfig` field as a flag. SUPPRESS keeps "not given" apart from "given as the default", so flags
+    only override what they name (in a --config file, or the field's own default)."""
+    f = SETTING_FIELDS[name]
+    kind = _field_type(name)
+    options: dict[str, Any] = {"default": argparse.SUPPRESS, "help": setting_help(f)}
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = kind
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
         else:
-            parser.add_argument(f"--{flag(f.name)}", type=kind, default=argparse.SUPPRESS, help=help_text)
+            options["metavar"] = f.metadata.get("metavar") or METAVARS.get(kind, "NAME")
+    parser.add_argument(f"--{flag(name)}", **options)
+
+
+def _add_settings(parser: argparse.ArgumentParser, groups: tuple[str, ...], extra: tuple[str, ...] = ()) -> dict:
+    """The settings of these groups (and the `extra` ones) as flags, in argument groups; the groups by key."""
+    made = {}
+    for key, title in GROUPS:
+        names = [f.name for f in SETTING_FIELDS.values() if f.metadata["group"] == key]
+        names = [n for n in names if key in groups or n in extra]
+        if names:
+            made[key] = group = parser.add_argument_group(title)
+            for name in names:
+                add_setting(group, name)
+    return made
+
+
+SETTING_FIELDS = {f.name: f for f in fields(BuildConfig)}
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssogen",
         description="Generate Self-Steering Optimization (SSO) preference datasets with vLLM.",
+        formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"ssogen {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -62,121 +111,128 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="Show tracebacks of errors.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = commands.add_parser(
-        "build", parents=[common], help="Generate an SSO dataset (no arguments: the bundled model and queries)."
+    def command(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, parents=[common], help=help, description=description or help, formatter_class=_formatter
+        )
+
+    build = command(
+        "build",
+        "Generate an SSO dataset (no arguments: the bundled model and queries).",
+        "Generate an SSO dataset: every query answered three ways (steered by positive principles, by negative "
+        "ones, and unsteered), scored, and written in the Hub's dataset layout. Every setting can also come from "
+        "a YAML file (--config), including the ssogen.yaml a build wrote.",
     )
-    _add_build_flags(build)
-    build.add_argument("--overwrite", action="store_true", help="Delete an earlier build in --output and start afresh.")
-    build.add_argument(
+    build.add_argument("--config", type=Path, metavar="YAML", help="YAML file of settings (flags override it).")
+    groups = _add_settings(build, tuple(key for key, _ in GROUPS))
+    groups["run"].add_argument(
+        "--overwrite", action="store_true", help="Delete an earlier build in --output and start afresh."
+    )
+    groups["run"].add_argument(
         "--dry-run",
         action="store_true",
         help="Render and tokenise every prompt without an engine; write nothing; report speed and memory.",
     )
 
-    inspect = commands.add_parser(
-        "inspect", parents=[common], help="Summarise a built folder or Hub dataset; optionally an HTML report."
-    )
+    features = command("features", "List the principle library: what can steer the policy.")
+    add_setting(features, "principles")
+
+    inspect = command("inspect", "Summarise a built folder or Hub dataset; optionally an HTML report.")
     inspect.add_argument("target", help="A folder written by `ssogen build`, or a Hub dataset id (ORG/NAME).")
-    inspect.add_argument("--report", type=Path, default=None, help="Write an HTML report with PNG plots here.")
-    inspect.add_argument("--compare", default=None, help="Another build (e.g. the previous round) to put beside it.")
+    inspect.add_argument("--report", type=Path, metavar="DIR", help="Write an HTML report with PNG plots here.")
+    inspect.add_argument("--compare", metavar="BUILD", help="Another build (e.g. the previous round) to put beside it.")
 
-    _add_audit_parser(commands, common)
+    _add_audit_parser(command)
 
-    merge = commands.add_parser("merge", parents=[common], help="Combine shard folders of one build into one dataset.")
+    merge = command("merge", "Combine shard folders of one build into one dataset.")
     merge.add_argument(
         "folders", nargs="+", type=Path, help="Folders written by `ssogen build` (shards or partial runs)."
     )
-    merge.add_argument("--output", type=Path, required=True, help="The merged folder.")
+    merge.add_argument("--output", type=Path, required=True, metavar="DIR", help="The merged folder.")
     merge.add_argument("--overwrite", action="store_true", help="Replace an earlier merge in --output.")
 
-    bench = commands.add_parser(
+    push = command("push", "Publish a built folder to the Hub.")
+    push.add_argument("folder", type=Path, help="A folder written by `ssogen build`.")
+    push.add_argument("repo_id", help="Dataset repository on the Hub, ORG/NAME.")
+    for name in ("private", "push_branch", "overwrite_round", "replace_repo_data"):
+        add_setting(push, name)
+
+    bench = command(
         "bench",
-        parents=[common],
-        help="Measure the build path against one raw engine call and the reference procedure.",
+        "Measure the build path against one raw engine call and the reference procedure.",
+        "Measure the build path on one local engine against one raw engine call over the same answers (and the "
+        "SSO reference procedure), side by side; nothing is written. Takes a build's input, method, generation and "
+        "engine settings.",
     )
-    _add_build_flags(bench)
-    bench.add_argument("--repeats", type=int, default=1, help="Measure each run this many times; report the median.")
-    bench.add_argument(
+    bench.add_argument("--config", type=Path, metavar="YAML", help="YAML file of settings (flags override it).")
+    groups = _add_settings(bench, BENCH_GROUPS, BENCH_RUN_SETTINGS)
+    measure = bench.add_argument_group("measurement")
+    measure.add_argument(
+        "--repeats", type=int, default=1, help="Measure each run this many times; report the median (default: 1)."
+    )
+    measure.add_argument(
         "--reference",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Also measure the reference procedure (--no-reference: only ssogen and raw; the reference is the "
-        "slowest of the three runs).",
-    )
-
-    push = commands.add_parser("push", parents=[common], help="Publish a built folder to the Hub.")
-    push.add_argument("folder", type=Path, help="A folder written by `ssogen build`.")
-    push.add_argument("repo_id", help="Dataset repository on the Hub, ORG/NAME.")
-    push.add_argument(
-        "--private",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Make the repository private, an existing public one too (--no-private: public). "
-        "Neither: a new repo gets its namespace's default, an existing one keeps its own.",
-    )
-    push.add_argument("--revision", default=None, help="Branch to commit to (default: main).")
-    push.add_argument("--overwrite-round", action="store_true", help="Move an existing round-<r> tag.")
-    push.add_argument(
-        "--replace-repo-data",
-        action="store_true",
-        help="Delete or replace files in the repo that ssogen did not publish (the push lists them otherwise).",
+        help="Also measure the reference procedure, the slowest of the three runs (default: on).",
     )
     return parser
 
 
-def _add_audit_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    audit = commands.add_parser(
+def _add_audit_parser(command: Any) -> None:
+    audit = command(
         "audit",
-        parents=[common],
-        help="Judge whether a build's pairs are right (pairwise judge or reward model), before training on them.",
+        "Judge whether a build's pairs are right (pairwise judge or reward model), before training on them.",
     )
     audit.add_argument("target", help="A folder written by `ssogen build`, or a Hub dataset id (ORG/NAME).")
-    audit.add_argument("--judge", default=None, help="Judge model: folder or Hub id (default: the build's own policy).")
-    audit.add_argument(
+    judge = audit.add_argument_group("the judge")
+    judge.add_argument("--judge", metavar="MODEL", help="Judge model: folder or Hub id; not given, the build's policy.")
+    judge.add_argument(
         "--judge-kind",
         choices=("pairwise", "reward"),
         default="pairwise",
-        help="pairwise: a chat model's verdict in both orders; reward: a sequence-classification reward model.",
+        help="pairwise: a chat model's verdict in both orders; reward: a sequence-classification reward model "
+        "(default: pairwise).",
     )
-    subset = audit.add_mutually_exclusive_group()
-    subset.add_argument("--limit", type=int, default=None, help="Judge only the first N rows.")
-    subset.add_argument("--sample", type=int, default=None, help="Judge N rows drawn at random (seeded by --seed).")
-    audit.add_argument("--seed", type=int, default=0, help="Seed of --sample (default: 0).")
-    audit.add_argument("--prompts", type=Path, default=None, help="Folder holding your audit_pairwise.j2.")
-    audit.add_argument(
-        "--output", type=Path, default=None, help="Write the audited dataset here (required for a Hub id)."
-    )
-    audit.add_argument(
+    judge.add_argument("--prompts", type=Path, metavar="DIR", help="Folder holding your audit_pairwise.j2.")
+    for name in JUDGE_ENGINE_SETTINGS:
+        add_setting(judge, name)
+    rows = audit.add_argument_group("the rows")
+    subset = rows.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, metavar="N", help="Judge only the first N rows.")
+    subset.add_argument("--sample", type=int, metavar="N", help="Judge N rows drawn at random (seeded by --seed).")
+    rows.add_argument("--seed", type=int, default=0, metavar="N", help="Seed of --sample (default: 0).")
+    out = audit.add_argument_group("output and publishing")
+    out.add_argument("--output", type=Path, metavar="DIR", help="Write the audited dataset here (needed for a Hub id).")
+    out.add_argument(
         "--push",
         nargs="?",
         const=True,
-        default=None,
         metavar="ORG/NAME",
-        help="Publish the folder with its audit (default id: the build's --push-to-hub, or the Hub target).",
+        help="Publish the folder with its audit; without a value, to the build's --push-to-hub (or the Hub target).",
     )
-    audit.add_argument("--private", action="store_true", help="Create the Hub repository as private.")
-    audit.add_argument("--revision", default=None, help="Hub branch to commit to (default: main).")
-    audit.add_argument("--overwrite-round", action="store_true", help="Move the round-<r> tag to the new commit.")
-    audit.add_argument("--dtype", default="auto", help="Judge dtype for vLLM (default: auto).")
-    audit.add_argument("--max-model-len", type=int, default=None, help="Judge context (default: what prompts need).")
-    audit.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for the judge engine.")
-    audit.add_argument("--gpu-memory-utilization", type=float, default=None, help="As for `ssogen build`.")
-    audit.add_argument(
-        "--enforce-eager",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Skip graph compilation: faster start, slower steps (default: eager on CPU, compiled on GPU).",
-    )
-    audit.add_argument("--trust-remote-code", action="store_true", help="Allow the judge's own Python code.")
+    for name in ("private", "push_branch", "overwrite_round"):
+        add_setting(out, name)
 
 
-def build_config(args: argparse.Namespace) -> BuildConfig:
-    """Settings from ``--config`` (if any), then every flag given on the command line."""
+def build_config(args: argparse.Namespace, takes: set[str] | None = None) -> BuildConfig:
+    """Settings from ``--config`` (if any), then every flag given on the command line.
+
+    ``takes``: the settings this command reads (None: all); a --config file's others are named and left out.
+    """
     values: dict[str, Any] = load_yaml_settings(args.config) if args.config else {}
+    if takes is not None and (unread := sorted(set(values) - takes)):
+        logger.warning("ssogen %s does not read these settings of %s: %s", args.command, args.config, ", ".join(unread))
+        values = {k: v for k, v in values.items() if k in takes}
     for f in fields(BuildConfig):
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
     return BuildConfig(**values)
+
+
+def bench_settings() -> set[str]:
+    """The settings `ssogen bench` reads."""
+    return {f.name for f in fields(BuildConfig) if f.metadata["group"] in BENCH_GROUPS} | set(BENCH_RUN_SETTINGS)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -248,7 +304,7 @@ def _push_options(config: BuildConfig) -> dict[str, Any]:
     return {
         "round": config.round,
         "private": config.private,
-        "revision": config.revision,
+        "push_branch": config.push_branch,
         "overwrite_round": config.overwrite_round,
         "replace_repo_data": config.replace_repo_data,
     }
@@ -279,10 +335,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
             args.folder,
             args.repo_id,
             round=round_number,
-            private=args.private,
-            revision=args.revision,
-            overwrite_round=args.overwrite_round,
-            replace_repo_data=args.replace_repo_data,
+            private=getattr(args, "private", None),
+            push_branch=getattr(args, "push_branch", None),
+            overwrite_round=getattr(args, "overwrite_round", False),
+            replace_repo_data=getattr(args, "replace_repo_data", False),
         )
     logger.info("%s", result.line())
     return 0
@@ -299,6 +355,30 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ssogen.inputs.library import load_library, resource_dir
+
+    principles = getattr(args, "principles", None)
+    library = load_library(principles)
+    table = Table(
+        title=f"principle library: {principles or resource_dir('principles')}",
+        caption="bound: appended to a query's features with this probability instead of chosen by the policy",
+        show_lines=True,
+    )
+    table.add_column("feature", no_wrap=True)
+    table.add_column("good / bad", no_wrap=True)
+    table.add_column("meaning")
+    table.add_column("bound", no_wrap=True)  # appended by chance instead of chosen by the policy
+    for feature in library:
+        bound = f"p = {feature.bound_probability:g}" if feature.bound_probability else "-"
+        table.add_row(feature.name, f"{feature.good} / {feature.bad}", feature.meaning, bound)
+    Console(width=max(Console().width, 100)).print(table)
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ssogen.reading.inspect import run_inspect
 
@@ -310,7 +390,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     from ssogen.reading.audit import AuditOptions, run_audit
 
-    options = AuditOptions(**{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions)})
+    # Flags left out keep AuditOptions' defaults (the settings' flags are not set at all when not given).
+    options = AuditOptions(
+        **{f.name: getattr(args, f.name) for f in dataclass_fields(AuditOptions) if hasattr(args, f.name)}
+    )
     engine_log = _engine_log_file("audit", args)
     run_audit(options, engine_log=engine_log)
     if engine_log and Path(engine_log).exists():
@@ -347,7 +430,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise UsageError(f"--repeats: {args.repeats} must be at least 1.")
-    config = build_config(args)
+    config = build_config(args, bench_settings())
     plan = plan_build(config)
     # A bench writes nothing into an output folder; vLLM's own output goes to a temporary log.
     log_file = _engine_log_file("bench", args)
@@ -396,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": _cmd_bench,
         "merge": _cmd_merge,
         "inspect": _cmd_inspect,
+        "features": _cmd_features,
         "audit": _cmd_audit,
     }
     try:

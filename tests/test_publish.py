@@ -203,7 +203,7 @@ def test_commit_failing_past_max_retries_raises_publish_error_with_retry_command
 def test_push_to_another_branch_creates_it_and_leaves_main_alone(hub: Hub, tmp_path: Path) -> None:
     folder = make_folder(tmp_path, 2)
 
-    result = push_folder(folder, REPO, round=2, token=TOKEN, endpoint=hub.url, revision="rounds")
+    result = push_folder(folder, REPO, round=2, token=TOKEN, endpoint=hub.url, push_branch="rounds")
 
     meta = hub.meta()
     assert meta["branches"]["rounds"] == result.commit_oid == meta["tags"]["round-2"]

@@ -227,12 +227,12 @@ def test_retry_line_reproduces_the_users_flags_and_pasted_it_publishes_as_asked(
 
     with pytest.raises(PublishError) as failed:
         push_folder(
-            folder, repo, round=0, token=TOKEN, endpoint=hub.url, private=True, revision="rounds",
+            folder, repo, round=0, token=TOKEN, endpoint=hub.url, private=True, push_branch="rounds",
             replace_repo_data=True, max_retries=1, backoff_seconds=0.01,
         )  # fmt: skip
 
     message = str(failed.value)
-    line = f"ssogen push {folder} {repo} --revision rounds --private --replace-repo-data"
+    line = f"ssogen push {folder} {repo} --push-branch rounds --private --replace-repo-data"
     assert f"To retry: {line}" in message and TOKEN not in message
     pasted = run_cli(*shlex.split(line)[1:], env=cli_env(hub))
     assert pasted.returncode == 0, pasted.stderr[-2000:]
@@ -301,8 +301,8 @@ def test_preflight_refuses_a_round_already_published_with_other_content(hub: Hub
 def test_a_round_for_a_new_branch_accepts_what_ssogen_published_on_main(hub: Hub, tmp_path: Path) -> None:
     push(built_folder(tmp_path / "r0"), hub)
 
-    assert "round-1 is free" in preflight(tmp_path / "r1", hub, round=1, revision="rounds")
-    result = push(built_folder(tmp_path / "r1", round_=1), hub, round_=1, revision="rounds")
+    assert "round-1 is free" in preflight(tmp_path / "r1", hub, round=1, push_branch="rounds")
+    result = push(built_folder(tmp_path / "r1", round_=1), hub, round_=1, push_branch="rounds")
 
     assert hub.meta()["branches"]["rounds"] == result.commit_oid == hub.meta()["tags"]["round-1"]
 

@@ -13,7 +13,7 @@ Visibility
     repo as it is. Either way the visibility is logged and returned in `PushResult.private`.
 
 Round policy
-    Every push is ONE commit on ``revision`` (default ``main``; another branch is first created from
+    Every push is ONE commit on ``push_branch`` (default ``main``; another branch is first created from
     ``main`` if missing) holding the whole folder, tagged ``round-<r>``: the branch shows the latest round
     and every round stays loadable with ``revision="round-<r>"``. A round's tag never moves silently: if
     ``round-<r>`` already holds exactly this folder the push does nothing and says so (re-running a
@@ -75,20 +75,20 @@ class PushOptions:
     """What the user asked of a push; `command` reproduces it as a retry line."""
 
     private: bool | None = None
-    revision: str | None = None
+    push_branch: str | None = None
     overwrite_round: bool = False
     replace_repo_data: bool = False
 
     @property
     def branch(self) -> str:
-        return self.revision or DEFAULT_BRANCH
+        return self.push_branch or DEFAULT_BRANCH
 
     def command(self, folder: Path, repo_id: str, **changes: Any) -> str:
         """``ssogen push FOLDER REPO`` with every flag given (and ``changes``), ready to paste."""
         options = replace(self, **changes)
         words = ["ssogen", "push", str(folder), repo_id]
-        if options.revision:
-            words += ["--revision", options.revision]
+        if options.push_branch:
+            words += ["--push-branch", options.push_branch]
         if options.private is not None:
             words.append("--private" if options.private else "--no-private")
         if options.overwrite_round:
@@ -125,7 +125,7 @@ def push_folder(
     round: int,  # shadows the builtin on purpose: the name matches the `round` column and --round
     token: str | None = None,
     private: bool | None = None,
-    revision: str | None = None,
+    push_branch: str | None = None,
     overwrite_round: bool = False,
     replace_repo_data: bool = False,
     max_retries: int = MAX_RETRIES,
@@ -149,7 +149,7 @@ def push_folder(
     out = outbox(folder, repo_id)
     if not out.files:
         raise UsageError(f"cannot push {folder}: it holds no files")
-    options = PushOptions(private, revision, overwrite_round, replace_repo_data)
+    options = PushOptions(private, push_branch, overwrite_round, replace_repo_data)
     hub = _Hub.connect(
         repo_id,
         token,
@@ -166,7 +166,7 @@ def preflight_push(
     folder: Path,
     round: int,
     private: bool | None = None,
-    revision: str | None = None,
+    push_branch: str | None = None,
     overwrite_round: bool = False,
     replace_repo_data: bool = False,
     token: str | None = None,
@@ -190,7 +190,7 @@ def preflight_push(
             f"--push-to-hub {repo_id}: no Hugging Face token found; set HF_TOKEN or run `hf auth login` "
             f"(checked before generating anything)."
         )
-    options = PushOptions(private, revision, overwrite_round, replace_repo_data)
+    options = PushOptions(private, push_branch, overwrite_round, replace_repo_data)
     hub = _Hub.connect(
         repo_id,
         token,

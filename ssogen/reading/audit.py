@@ -64,8 +64,8 @@ class AuditOptions:
     prompts: Path | None = None
     output: Path | None = None
     push: str | bool | None = None  # True: the Hub id the build (or the target) names
-    private: bool = False
-    revision: str | None = None
+    private: bool | None = None  # None: a new repo gets its namespace's default, an existing one keeps its own
+    push_branch: str | None = None
     overwrite_round: bool = False
     dtype: str = "auto"
     max_model_len: int | None = None
@@ -586,7 +586,7 @@ def run_audit(
             plan.push_to,
             round=round_number,
             private=options.private,
-            revision=options.revision,
+            push_branch=options.push_branch,
             overwrite_round=options.overwrite_round,
         )
         console.print(Text(result.line()))
