@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.ssogen-setup
 # What the tests need on top (Ray, pytest, ruff): `make run` does not wait for them.
 TEST_STAMP := $(VENV)/.ssogen-test-setup
 
-.PHONY: setup test-setup run test lint clean
+.PHONY: setup test-setup run test test-fast lint clean
 
 setup: $(STAMP)
 test-setup: $(TEST_STAMP)
@@ -34,11 +34,17 @@ $(TEST_STAMP): $(STAMP)
 run: setup
 	$(PY) -m ssogen build
 
+# The whole suite: real engines, real builds, the loopback Hub. Before you stop, and in CI.
 test: test-setup
 	$(PY) -m pytest
+
+# The inner loop: everything that needs no engine and no build (settings, inputs, views, export, card, Hub, docs).
+test-fast: test-setup
+	$(PY) -m pytest -m "not slow"
 
 lint: test-setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# What set-up and the tests made; never a dataset (ssogen-output/ and your --output folders stay).
 clean:
-	rm -rf $(VENV) ssogen-output
+	rm -rf $(VENV) .pytest_cache .ruff_cache site

@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled model, one real vLLM engine per test session, the shared prompt sets."""
+"""Shared fixtures: the bundled model, one real vLLM engine per test session, the project's own queries."""
 
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ REPO = Path(__file__).resolve().parent.parent
 # `datasets` caches what it loaded by file names and times, which pytest's reused temporary paths can repeat
 # across sessions: a fresh cache per session, so no test reads another session's tables.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="ssogen-tests-datasets-")
-# The shared prompt sets live beside the repository (../shared/data); SSOGEN_SHARED_DATA overrides.
-SHARED_DATA = Path(os.environ.get("SSOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+# The tests' queries: 48 tasks written for this project, in the Self-Instruct shape (instruction + instance input).
+QUERIES = REPO / "tests" / "data" / "queries.jsonl"
+# Fixtures that start (or need) a vLLM engine or a whole build: a test using one is `slow`, left out of
+# `make test-fast`. Tests that start a build in a subprocess say so themselves (`pytest.mark.slow`).
+ENGINE_FIXTURES = frozenset(
+    {"engine", "built_run", "built_folder", "built_folder_seed1", "shard_folders", "audited", "reward_model"}
+)
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "user_oriented_instructions.jsonl").is_file():
-        pytest.fail(f"the shared prompt sets are missing at {SHARED_DATA}; set SSOGEN_SHARED_DATA")
-    return SHARED_DATA
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("engine"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +62,12 @@ BUILT_ARGS = (
 
 
 @pytest.fixture(scope="session")
-def built_run(tmp_path_factory, shared_data):
+def built_run(tmp_path_factory):
     """One real CLI build of 9 shared queries in chunks of 3, shared by the tests that read a built folder."""
     out = tmp_path_factory.mktemp("build") / "out"
     result = run_cli(
         "build",
-        "--queries", str(shared_data / "user_oriented_instructions.jsonl"),
+        "--queries", str(QUERIES),
         *BUILT_ARGS,
         "--output", str(out),
         env={"HF_TOKEN": "hf_" + "Z" * 34},  # must never reach the folder (tests/test_views.py)
@@ -78,15 +82,22 @@ def built_folder(built_run) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_folder_seed1(tmp_path_factory, shared_data) -> Path:
-    """The same 9 queries built with another seed (a second "round" to compare)."""
+def built_folder_seed1(tmp_path_factory, engine) -> Path:
+    """The same 9 queries built with another seed (a second "round" to compare), in this process on the session's
+    engine."""
     out = tmp_path_factory.mktemp("build-seed1") / "out"
-    result = run_cli(
-        "build", "--queries", str(shared_data / "user_oriented_instructions.jsonl"), *BUILT_ARGS,
-        "--seed", "1", "--output", str(out),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    build_in_process(engine, "--queries", str(QUERIES), *BUILT_ARGS, "--seed", "1", "--output", str(out))
     return out
+
+
+def build_in_process(engine, *argv: str):
+    """`ssogen build ARGV` in this process on the session's engine (no engine start of its own): for the tests
+    where the process boundary is not the point. Returns the build's summary."""
+    from ssogen.cli import build_config, make_parser
+    from ssogen.generation.pipeline import build
+
+    args = make_parser().parse_args(["build", *argv])
+    return build(build_config(args).validate(), overwrite=args.overwrite, engine_log=False, engine=engine)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900):

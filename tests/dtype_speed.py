@@ -25,9 +25,9 @@ def measure(dtype: str, compiled: bool) -> dict:
     from vllm import LLM, SamplingParams
 
     from ssogen.inputs.models import bundled_model
-    from tests.conftest import SHARED_DATA
+    from tests.shared import shared_data
 
-    lines = (SHARED_DATA / "user_oriented_instructions.jsonl").read_text().splitlines()[:QUERIES]
+    lines = (shared_data() / "user_oriented_instructions.jsonl").read_text().splitlines()[:QUERIES]
     started = time.perf_counter()
     llm = LLM(
         model=bundled_model().path, dtype=dtype, max_model_len=4096, enforce_eager=not compiled, seed=0,

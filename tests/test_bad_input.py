@@ -86,7 +86,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case",
+    # Only this one loads a model's tokenizer and config (seconds): the fast tier skips it.
+    [pytest.param(c, marks=pytest.mark.slow) if c == "model without chat template" else c for c in CASES],
+)
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(case, tmp_path, bundled_model):
     make_args, expected = CASES[case]
     out = tmp_path / "out"
@@ -111,6 +115,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_empty_and_duplicate_queries_are_counted_and_the_run_goes_on(tmp_path):
     """Only empty queries: nothing to generate, so no engine starts; they are reported as dropped."""
     path = queries_file(tmp_path, "q.jsonl", '{"prompt": ""}\n{"prompt": "   "}\n')

@@ -13,6 +13,7 @@ from ssogen.config import BuildConfig
 from ssogen.generation.scoring import weight
 from ssogen.inputs.library import load_library
 from ssogen.output.store import RECORD_SCHEMA
+from tests.conftest import QUERIES
 
 
 def small_plan(queries, tmp_path, **settings):
@@ -72,7 +73,7 @@ def test_the_engine_runs_the_dtype_this_cpu_computes_natively(built):
     assert ("'dtype': 'float32'" in engine_args) is not native_bf16_cpu(), engine_args
 
 
-def test_every_query_is_kept_or_dropped_exactly_once(built, shared_data):
+def test_every_query_is_kept_or_dropped_exactly_once(built):
     out, _ = built
     kept = pd.concat([pd.read_parquet(p) for p in (out / "data/sso").glob("*.parquet")])
     dropped_files = list((out / "data/dropped").glob("*.parquet"))
@@ -130,9 +131,9 @@ def test_settings_are_recorded_with_the_data(built):
     assert settings["run"]["principles_hash"] and settings["run"]["prompts_hash"]
 
 
-def test_same_seed_gives_the_same_records_in_reproducible_mode(engine, shared_data, tmp_path):
+def test_same_seed_gives_the_same_records_in_reproducible_mode(engine, tmp_path):
     """Two held-batch runs of the same chunk on the same engine produce identical rows (per-request seeds)."""
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=3, max_new_tokens=48, reproducible=True)
+    plan = small_plan(QUERIES, tmp_path, limit=3, max_new_tokens=48, reproducible=True)
     first = run_rows(engine, plan)
     second = run_rows(engine, plan)
     assert first == second
@@ -177,13 +178,11 @@ def test_a_query_whose_steered_prompts_alone_are_too_long_is_dropped_with_its_re
     assert rows["Say hi."]["drop_reason"] is None or rows["Say hi."]["drop_reason"] != "prompt_too_long"
 
 
-def test_sampled_feature_selection_asks_for_a_list_and_keeps_k_library_names(engine, shared_data, tmp_path):
+def test_sampled_feature_selection_asks_for_a_list_and_keeps_k_library_names(engine, tmp_path):
     from ssogen.generation.flow import prepare
     from ssogen.generation.stages import selection_request
 
-    plan = small_plan(
-        shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=32, feature_selection="sampled"
-    )
+    plan = small_plan(QUERIES, tmp_path, limit=6, max_new_tokens=32, feature_selection="sampled")
     setup = prepare(engine, plan)
     requests = [selection_request(setup, q) for q in plan.queries.queries]
     assert all(r.temperature == 0.7 and r.top_p == 0.8 and "###" in r.stop for r in requests)
@@ -194,9 +193,9 @@ def test_sampled_feature_selection_asks_for_a_list_and_keeps_k_library_names(eng
         assert len(chosen) == 2 and len(set(chosen)) == 2
 
 
-def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engine, shared_data, tmp_path):
+def test_generated_principles_steer_the_answers_or_fall_back_to_the_library(engine, tmp_path):
     plan = small_plan(
-        shared_data / "seed_tasks.jsonl",
+        QUERIES,
         tmp_path,
         limit=3,
         max_new_tokens=24,

@@ -21,7 +21,7 @@ from ssogen.inputs.models import ModelRef
 from ssogen.output.export import export_folder
 from ssogen.output.gather import DamagedChunk
 from ssogen.output.store import CHUNK_SCHEMA, CHUNKS_DIR, SET_ASIDE_DIR, OutputFolder, ids_digest
-from tests.conftest import BUILT_ARGS, make_record, run_cli
+from tests.conftest import BUILT_ARGS, QUERIES, build_in_process, make_record, run_cli
 
 
 def settings(seed: int = 0, version: str = __version__, ids: tuple[str, ...] = ()) -> dict:
@@ -151,6 +151,7 @@ def test_the_fingerprint_covers_the_queries_content_and_the_version():
     assert ids_digest(["a", "b"]) != ids_digest(["a", "b", "c"]) != ids_digest(["b", "a", "c"])
 
 
+@pytest.mark.slow
 def test_a_resume_after_removing_a_query_is_refused_and_the_query_never_exported(tmp_path):
     queries = tmp_path / "q.jsonl"
     prompts = ["Name a colour.", "Name a fruit.", "My card number is 4111 1111 1111 1111."]
@@ -170,7 +171,9 @@ def test_a_resume_after_removing_a_query_is_refused_and_the_query_never_exported
     assert not (out / "data").exists()
 
 
-def test_a_truncated_chunk_and_a_chunk_of_other_settings_are_set_aside_and_redone(tmp_path, shared_data, built_folder):
+def test_a_truncated_chunk_and_a_chunk_of_other_settings_are_set_aside_and_redone(
+    tmp_path, built_folder, engine, caplog
+):
     out = tmp_path / "out"
     shutil.copytree(built_folder, out)
     first, second, _ = OutputFolder(out).chunk_files()
@@ -178,10 +181,9 @@ def test_a_truncated_chunk_and_a_chunk_of_other_settings_are_set_aside_and_redon
     foreign = folder_with_chunks(tmp_path / "other", rows(0, 1, 2), seed=1).chunk_files()[0]
     shutil.copy(foreign, second)
 
-    rerun = run_cli("build", "--queries", str(shared_data / "user_oriented_instructions.jsonl"), *BUILT_ARGS,
-                    "--output", str(out))  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    said = rerun.stderr
+    caplog.set_level("INFO")
+    build_in_process(engine, "--queries", str(QUERIES), *BUILT_ARGS, "--output", str(out))
+    said = caplog.text
     assert f"chunk {first.relative_to(out)} is damaged: not readable as Parquet" in said
     assert f"chunk {second.relative_to(out)} belongs to other settings" in said
     assert "resuming: 3 of 9 queries already done" in said

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from datasets import load_dataset
 
@@ -181,6 +182,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in visible if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_export_leaves_the_previous_export_whole(tmp_path, caplog):
     root = tmp_path / "out"
     folder, made = build_folder(root, list(range(40)), answer_bytes=2000)
@@ -243,6 +245,7 @@ def shard_folders(tmp_path: Path, queries: Path) -> list[Path]:
     return folders
 
 
+@pytest.mark.slow
 def test_the_same_merge_run_twice_gives_the_same_rows_never_doubled(tmp_path):
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n" for i in range(12)))
@@ -265,6 +268,7 @@ def test_the_same_merge_run_twice_gives_the_same_rows_never_doubled(tmp_path):
     assert "merged 0 queries from 2 folders" in twice.stderr and "(12 were there already)" in twice.stderr
 
 
+@pytest.mark.slow
 def test_the_exports_peak_memory_does_not_grow_with_the_rows(tmp_path):
     # Bounds made small so that both sizes fill them; `python -m tests.export_memory` measures the defaults.
     limits = {"file_bytes": 16_000_000, "row_group_bytes": 4 * 2**20, "bucket_bytes": 4 * 2**20}

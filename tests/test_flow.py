@@ -19,7 +19,7 @@ from ssogen.config import BuildConfig
 from ssogen.generation.engine import Request
 from ssogen.generation.flow import SEQUENCES_PER_QUERY, SLOT_MARGIN, FlowService, admission_window, flow_chunks, prepare
 from ssogen.output.store import CHUNKS_DIR
-from tests.conftest import REPO, run_cli
+from tests.conftest import QUERIES, REPO, build_in_process
 
 FLOW_ARGS = ("--limit", "12", "--max-new-tokens", "48", "--chunk-size", "3", "--enforce-eager")
 
@@ -101,27 +101,21 @@ def test_a_forced_loop_is_ended_by_the_engines_repetition_check_well_short_of_it
     assert checked.token_ids == unchecked.token_ids[: len(checked.token_ids)]  # stopped, not steered elsewhere
 
 
-def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_zero_turns_the_watch_off(
-    shared_data, tmp_path
-):
+def test_every_answer_is_watched_for_loops_at_the_loop_compression_setting_and_zero_turns_the_watch_off(tmp_path):
     from ssogen.generation.engine import LoopWatch
     from ssogen.generation.stages import ROLES, answer_request
 
     for threshold, watch in ((0.2, LoopWatch(0.2)), (0.0, None)):
-        plan = small_plan(
-            shared_data / "seed_tasks.jsonl", tmp_path, limit=1, max_new_tokens=16, loop_compression=threshold
-        )
+        plan = small_plan(QUERIES, tmp_path, limit=1, max_new_tokens=16, loop_compression=threshold)
         query = plan.queries.queries[0]
         assert [answer_request(plan, query, role, [1, 2]).loop_watch for role in ROLES] == [watch] * 3
 
 
-def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_read(shared_data, tmp_path):
+def test_a_query_dropped_for_a_looping_chosen_answer_keeps_its_answers_to_be_read(tmp_path):
     from ssogen.generation.engine import Completion
     from ssogen.generation.stages import Setup, query_stages
 
-    plan = small_plan(
-        shared_data / "seed_tasks.jsonl", tmp_path, limit=1, max_new_tokens=16, feature_selection="random"
-    )
+    plan = small_plan(QUERIES, tmp_path, limit=1, max_new_tokens=16, feature_selection="random")
     stages = query_stages(Setup(plan, 2048), plan.queries.queries[0])
     asked = next(stages)
     assert sorted(asked) == ["chosen", "original", "rejected"]
@@ -252,11 +246,11 @@ def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_
 
 
 def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_can_read_its_cached_prompt(
-    engine, shared_data, tmp_path
+    engine, tmp_path
 ):
     from ssogen.generation.flow import Flow
 
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=8)
+    plan = small_plan(QUERIES, tmp_path, limit=4, max_new_tokens=8)
     setup = prepare(engine, plan)
     flow = Flow(engine, setup)
     for query in plan.queries.queries:
@@ -275,8 +269,8 @@ def test_queries_added_to_an_idle_engine_wait_one_step_behind_the_first_so_they_
     assert len(rows) == 4 and {row["prompt_id"] for row in rows} == {q.prompt_id for q in plan.queries.queries}
 
 
-def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, shared_data, tmp_path):
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=6, max_new_tokens=24)
+def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, tmp_path):
+    plan = small_plan(QUERIES, tmp_path, limit=6, max_new_tokens=24)
     setup = prepare(engine, plan)
     queries = plan.queries.queries
     steps = {}
@@ -294,9 +288,9 @@ def test_the_continuous_flow_needs_fewer_engine_steps_than_held_chunks(engine, s
 
 
 def test_the_selection_calibration_is_scored_once_per_engine_settings_and_then_read_from_the_cache(
-    engine, shared_data, tmp_path, monkeypatch
+    engine, tmp_path, monkeypatch
 ):
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=2, max_new_tokens=16)
+    plan = small_plan(QUERIES, tmp_path, limit=2, max_new_tokens=16)
     monkeypatch.setenv("SSOGEN_CACHE", str(tmp_path / "cache"))  # after the plan found the bundled model
 
     def calibration_tokens() -> int:
@@ -316,8 +310,8 @@ def test_the_selection_calibration_is_scored_once_per_engine_settings_and_then_r
     assert calibration_tokens() - before == 2 * scored and third.calibration == first.calibration
 
 
-def test_a_flow_service_fed_by_two_callers_gives_each_its_own_rows(engine, shared_data, tmp_path):
-    plan = small_plan(shared_data / "seed_tasks.jsonl", tmp_path, limit=4, max_new_tokens=16)
+def test_a_flow_service_fed_by_two_callers_gives_each_its_own_rows(engine, tmp_path):
+    plan = small_plan(QUERIES, tmp_path, limit=4, max_new_tokens=16)
     service = FlowService(engine, prepare(engine, plan))
     queries = plan.queries.queries
     results: dict[int, list] = {}
@@ -340,10 +334,11 @@ def chunk_files(out):
     return sorted((out / CHUNKS_DIR).glob("chunk-*.parquet"))
 
 
+@pytest.mark.engine  # a build in its own process: the process is the point
 def test_a_continuous_build_saves_chunks_as_they_complete_and_a_killed_run_resumes_to_every_query_once(
-    tmp_path, shared_data
+    tmp_path, engine
 ):
-    queries = shared_data / "seed_tasks.jsonl"
+    queries = QUERIES
     out = tmp_path / "out"
     args = [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *FLOW_ARGS, "--output", str(out)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -360,9 +355,9 @@ def test_a_continuous_build_saves_chunks_as_they_complete_and_a_killed_run_resum
     saved = [pd.read_parquet(path) for path in chunk_files(out)]
     assert saved and all(len(chunk) == 3 for chunk in saved)
 
-    rerun = run_cli("build", "--queries", str(queries), *FLOW_ARGS, "--output", str(out))
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming:" in rerun.stderr
+    # The same command again; in this process, on the session's engine (the resume reads what the kill left).
+    resumed = build_in_process(engine, "--queries", str(queries), *FLOW_ARGS, "--output", str(out))
+    assert 0 < resumed.resumed < 12 and resumed.total == 12
     assert not list((out / CHUNKS_DIR).glob(".*"))  # no partial write left behind
     ids = [pid for chunk in chunk_files(out) for pid in pd.read_parquet(chunk).prompt_id]
     assert len(ids) == len(set(ids)) == 12  # every query exactly once across the killed run and the rerun

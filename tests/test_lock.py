@@ -17,7 +17,7 @@ import pytest
 
 from ssogen.output.lock import LOCK_FILE, FolderLocked
 from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
-from tests.conftest import BUILT_ARGS, REPO, run_cli
+from tests.conftest import BUILT_ARGS, QUERIES, REPO, run_cli
 
 HOLD = """
 import sys, time
@@ -123,10 +123,13 @@ def test_a_command_that_stops_before_writing_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_two_builds_on_one_folder_the_second_exits_2_and_the_first_gives_one_row_per_query(tmp_path, shared_data):
-    queries = shared_data / "user_oriented_instructions.jsonl"
+@pytest.mark.engine  # a build in its own process: the process is the point
+def test_two_builds_on_one_folder_the_second_exits_2_and_the_first_gives_one_row_per_query(tmp_path):
+    queries = QUERIES
     out = tmp_path / "out"
-    args = ("build", "--queries", str(queries), *BUILT_ARGS, "--limit", "6", "--output", str(out))
+    # As small as a build with two chunks gets: the lock, not the answers, is the point.
+    small = ("--limit", "4", "--chunk-size", "2", "--max-new-tokens", "16")
+    args = ("build", "--queries", str(queries), *BUILT_ARGS, *small, "--output", str(out))
     first = subprocess.Popen(
         [sys.executable, "-m", "ssogen", *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -141,8 +144,8 @@ def test_two_builds_on_one_folder_the_second_exits_2_and_the_first_gives_one_row
     assert first.returncode == 0, stderr[-3000:]
     files = list((out / "data").glob("sso/*.parquet")) + list((out / "data").glob("dropped/*.parquet"))
     ids = pd.concat([pd.read_parquet(f, columns=["prompt_id"]) for f in files]).prompt_id
-    assert len(ids) == 6 and ids.is_unique
-    assert sum(len(pd.read_parquet(c)) for c in (out / CHUNKS_DIR).glob("chunk-*.parquet")) == 6
+    assert len(ids) == 4 and ids.is_unique
+    assert sum(len(pd.read_parquet(c)) for c in (out / CHUNKS_DIR).glob("chunk-*.parquet")) == 4
 
 
 def _read(path: Path) -> str:

@@ -1,9 +1,18 @@
-"""The bundled model's one-time conversion from GGUF: parsed once, and the weights transformers itself loads."""
+"""The bundled model's one-time conversion from GGUF: a failed write leaves nothing a later run would trust, and
+the conversion parses the GGUF once into the weights transformers itself loads."""
 
 from __future__ import annotations
 
+import pytest
 
-def test_the_bundled_gguf_is_parsed_once_and_converts_to_the_weights_transformers_loads(tmp_path, monkeypatch):
+from tests.conftest import error_lines
+from tests.test_write_failures import run_cli_limited
+
+
+@pytest.mark.slow
+def test_a_failed_conversion_leaves_nothing_and_the_next_parses_the_gguf_once_into_the_weights_transformers_loads(
+    tmp_path, monkeypatch
+):
     import gguf
     import torch
     from safetensors.torch import load_file
@@ -19,9 +28,27 @@ def test_the_bundled_gguf_is_parsed_once_and_converts_to_the_weights_transformer
             parsed.append(str(path))
             super().__init__(path, *args, **kwargs)
 
+    # A file-size limit (ulimit -f) stops the conversion: one line naming the path and the cause, and no
+    # half-converted model in the cache.
+    cache = tmp_path / "cache"
+    failed = run_cli_limited(
+        "build", "--dry-run", "--limit", "1", file_size=1_000_000, env={"SSOGEN_CACHE": str(cache)}
+    )
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    (line,) = error_lines(failed.stderr)
+    target = cache / "models" / "SmolLM2-135M-Instruct-Q4_1-0.1.2-bf16"
+    assert line == (
+        f"error: cannot write {target} (converting the bundled model): "
+        "file too large: a file-size limit is in force (ulimit -f); lift it"
+    )
+    assert "Traceback" not in failed.stderr
+    assert list((cache / "models").iterdir()) == []
+
+    # The next run, with the limit lifted, converts.
     monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
-    monkeypatch.setenv("SSOGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SSOGEN_CACHE", str(cache))
     converted = bundled_model()
+    assert converted.path == str(target) and (target / "config.json").is_file()
     # transformers alone parses it three times: tokenizer, config, weights.
     assert len(parsed) == 1 and parsed[0].endswith(".gguf")
     assert gguf.GGUFReader is CountingReader  # the sharing ends with the conversion

@@ -336,6 +336,7 @@ def test_a_lasting_html_503_is_retried_within_the_bound_and_described_without_th
     assert hub.requests().count("POST /api/repos/create 503") == 3
 
 
+@pytest.mark.slow
 def test_a_429_waits_as_long_as_retry_after_says(start_hub: Callable[..., Hub], tmp_path: Path) -> None:
     hub = start_hub(faults=(f"GET /api/datasets/{REPO}/refs 429:2 1",))
     started = time.monotonic()

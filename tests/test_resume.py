@@ -22,13 +22,13 @@ from ssogen.errors import UsageError
 from ssogen.generation import pipeline
 from ssogen.generation.engine import Engine, EngineError
 from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
-from tests.conftest import BUILT_ARGS, REPO, error_lines, run_cli
+from tests.conftest import BUILT_ARGS, QUERIES, REPO, error_lines, run_cli
 
 
-def start_build(out: Path, queries: Path) -> subprocess.Popen:
+def start_build(out: Path, queries: Path, *extra: str) -> subprocess.Popen:
     # Its own session, so the kill reaches vLLM's engine processes too (as a node pre-emption would).
     return subprocess.Popen(
-        [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out)],
+        [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *BUILT_ARGS, *extra, "--output", str(out)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -51,12 +51,12 @@ def table(folder: Path, config: str) -> pd.DataFrame:
 
 
 def test_a_build_killed_then_out_of_disk_then_losing_its_engine_resumes_each_time_to_the_uninterrupted_result(
-    tmp_path, shared_data, built_folder
+    tmp_path, built_folder
 ):
     """The faults of a long job on a shared machine, one after another on one folder, each followed by the same
     command: a kill -9 (pre-emption), a full disk, the out-of-memory killer taking vLLM's worker. Every stop
     keeps whole chunks only and says how to go on; the last rerun ends where an uninterrupted build ends."""
-    queries = shared_data / "user_oriented_instructions.jsonl"
+    queries = QUERIES
     out = tmp_path / "out"
     chunks = out / CHUNKS_DIR
 
@@ -127,10 +127,11 @@ def _dropped(folder: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=["prompt_id"])
 
 
+@pytest.mark.engine  # a build in its own process: the process is the point
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_interrupt_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, shared_data, signum):
+def test_an_interrupt_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, signum):
     out = tmp_path / "out"
-    proc = start_build(out, shared_data / "user_oriented_instructions.jsonl")
+    proc = start_build(out, QUERIES, "--limit", "6", "--chunk-size", "1", "--max-new-tokens", "16")  # stopped early
     wait_for_chunks(out, proc, 1)
     # Ctrl-C reaches the whole foreground group; a scheduler's SIGTERM reaches the build process.
     if signum == signal.SIGINT:
@@ -141,7 +142,7 @@ def test_an_interrupt_stops_with_status_130_keeps_whole_chunks_and_says_how_to_r
     assert proc.returncode == 130, stderr[-2000:]
     assert "run the same command again to resume" in stderr
     chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
-    assert chunks and all(len(pd.read_parquet(c)) == 3 for c in chunks)
+    assert chunks and all(len(pd.read_parquet(c)) == 1 for c in chunks) and len(chunks) < 6
 
 
 def vllm_processes(pid: int) -> dict[str, psutil.Process]:
@@ -154,10 +155,10 @@ def untouched(folder: Path) -> dict[Path, float]:
     return {p: p.stat().st_mtime for p in folder.rglob("*") if p.name != "lock"}
 
 
-def test_a_rerun_with_other_settings_is_refused_naming_what_changed(built_folder, shared_data):
+def test_a_rerun_with_other_settings_is_refused_naming_what_changed(built_folder):
     before = untouched(built_folder)
     result = run_cli(
-        "build", "--queries", str(shared_data / "user_oriented_instructions.jsonl"), *BUILT_ARGS,
+        "build", "--queries", str(QUERIES), *BUILT_ARGS,
         "--seed", "5", "--alpha", "0.3", "--output", str(built_folder),
     )  # fmt: skip
     assert result.returncode == 2
@@ -202,6 +203,7 @@ def test_a_call_that_fails_just_before_vllm_notices_the_death_is_reported_as_the
     assert str(error).startswith("the vLLM engine's process exited during sample y+ y- y° (killed, or out of memory")
 
 
+@pytest.mark.slow
 def test_a_failure_of_a_live_engine_is_reported_as_it_is_after_the_grace_period():
     engine = engine_whose_death_vllm_notices_after(None)
     started = time.monotonic()

@@ -9,6 +9,7 @@ import pytest
 
 from ssogen.errors import UsageError
 from ssogen.inputs.sources import load_queries, prompt_id
+from tests.conftest import QUERIES
 
 
 def test_bundled_queries_are_12_distinct_prompts_small_enough_for_a_quick_first_run():
@@ -19,12 +20,13 @@ def test_bundled_queries_are_12_distinct_prompts_small_enough_for_a_quick_first_
     assert any("SQL" in q.prompt for q in queries.queries) and any("poem" in q.prompt for q in queries.queries)
 
 
-def test_shared_self_instruct_rows_append_the_first_instance_input(shared_data):
-    queries = load_queries(str(shared_data / "user_oriented_instructions.jsonl"))
-    assert len(queries.queries) == 252
-    rows = [json.loads(line) for line in (shared_data / "user_oriented_instructions.jsonl").read_text().splitlines()]
-    first = rows[0]
-    assert queries.queries[0].prompt == f"{first['instruction']}\n\n{first['instances'][0]['input']}".strip()
+def test_self_instruct_rows_append_the_first_instance_input():
+    queries = load_queries(str(QUERIES))
+    rows = [json.loads(line) for line in QUERIES.read_text().splitlines()]
+    assert len(queries.queries) == len(rows) == 48
+    for query, row in zip(queries.queries, rows, strict=True):
+        given = row["instances"][0]["input"]
+        assert query.prompt == (f"{row['instruction']}\n\n{given}" if given else row["instruction"])
 
 
 def write_frame(frame: pd.DataFrame, path, **parquet_options) -> None:
@@ -114,5 +116,5 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
         load_queries(str(path))
 
 
-def test_limit_cuts_the_query_list(shared_data):
-    assert len(load_queries(str(shared_data / "seed_tasks.jsonl"), limit=5).queries) == 5
+def test_limit_cuts_the_query_list():
+    assert len(load_queries(str(QUERIES), limit=5).queries) == 5

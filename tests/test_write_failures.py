@@ -1,6 +1,6 @@
 """Write failures (a file-size limit, a read-only folder): exit 1 with one line naming the path and the cause, no
-traceback, finished work intact, and a re-run after the fix completes: during a build, its export, and the
-bundled model's conversion into the cache."""
+traceback, finished work intact, and a re-run after the fix completes: during a build and its export. (The
+bundled model's conversion into the cache: tests/test_models.py.)"""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from datasets import load_dataset
 
 from ssogen.config import BuildConfig
 from ssogen.output.store import CHUNKS_DIR, OutputFolder
-from tests.conftest import BUILT_ARGS, REPO, error_lines, make_record, run_cli
+from tests.conftest import BUILT_ARGS, QUERIES, REPO, error_lines, make_record, run_cli
 
 _PR_CAPBSET_DROP = 24
 _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 1, 2
@@ -57,9 +58,7 @@ def chmod_tree(root: Path, writable: bool) -> None:
         path.chmod(mode | stat.S_IWUSR if writable else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def test_a_read_only_folder_stops_before_any_work_naming_the_lock_and_keeps_its_chunks(
-    tmp_path, shared_data, built_folder
-):
+def test_a_read_only_folder_stops_before_any_work_naming_the_lock_and_keeps_its_chunks(tmp_path, built_folder):
     """The lock is the first write, so a folder the build cannot write is refused before the engine starts.
     (A disk that fills up mid-build: tests/test_resume.py, with the other faults of a long job.)"""
     out = tmp_path / "out"
@@ -68,7 +67,7 @@ def test_a_read_only_folder_stops_before_any_work_naming_the_lock_and_keeps_its_
     args = (
         "build",
         "--queries",
-        str(shared_data / "user_oriented_instructions.jsonl"),
+        str(QUERIES),
         *BUILT_ARGS,
         "--output",
         str(out),
@@ -104,9 +103,10 @@ def finished_folder(out: Path, queries: Path, rows: int) -> BuildConfig:
     return config
 
 
-def test_a_failed_export_keeps_the_previous_export_and_a_rerun_exports(tmp_path, shared_data):
+@pytest.mark.slow
+def test_a_failed_export_keeps_the_previous_export_and_a_rerun_exports(tmp_path):
     out = tmp_path / "out"
-    queries = shared_data / "seed_tasks.jsonl"
+    queries = QUERIES
     finished_folder(out, queries, rows=8)
     args = ("build", "--queries", str(queries), "--limit", "8", "--output", str(out))
     first = run_cli(*args)
@@ -133,25 +133,6 @@ def test_a_failed_export_keeps_the_previous_export_and_a_rerun_exports(tmp_path,
     # A cache of its own: `datasets` keys a local folder's cache by its name and card, not by its files.
     loaded = load_dataset(str(out), "sso", cache_dir=str(tmp_path / "hf-cache"))
     assert sum(len(split) for split in loaded.values()) == 8
-
-
-def test_a_failed_conversion_of_the_bundled_model_leaves_nothing_in_the_cache_and_a_rerun_converts(tmp_path):
-    cache = tmp_path / "cache"
-    args = ("build", "--dry-run", "--limit", "1")
-    failed = run_cli_limited(*args, file_size=1_000_000, env={"SSOGEN_CACHE": str(cache)})
-    assert failed.returncode == 1, failed.stderr[-3000:]
-    (line,) = error_lines(failed.stderr)
-    target = cache / "models" / "SmolLM2-135M-Instruct-Q4_1-0.1.2-bf16"
-    assert line == (
-        f"error: cannot write {target} (converting the bundled model): "
-        "file too large: a file-size limit is in force (ulimit -f); lift it"
-    )
-    assert "Traceback" not in failed.stderr
-    assert list((cache / "models").iterdir()) == []  # no half-converted model that a later run would trust
-
-    rerun = run_cli(*args, env={"SSOGEN_CACHE": str(cache)})
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert (target / "config.json").is_file() and list(target.glob("*.safetensors"))
 
 
 def test_a_write_failure_names_the_path_and_the_cause_for_each_kind(tmp_path):

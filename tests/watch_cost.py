@@ -17,7 +17,7 @@ import time
 from ssogen.generation.engine import Engine, EngineSettings, LoopWatch, Request
 from ssogen.inputs.chat import ChatFormat
 from ssogen.inputs.models import bundled_model
-from tests.conftest import SHARED_DATA
+from tests.shared import shared_data
 
 QUERIES = 32
 NEW_TOKENS = 384
@@ -26,7 +26,7 @@ NEVER = LoopWatch(threshold=1e-9)  # zlib never gets a text below this: every ch
 
 
 def main() -> None:
-    lines = (SHARED_DATA / "user_oriented_instructions.jsonl").read_text().splitlines()[:QUERIES]
+    lines = (shared_data() / "user_oriented_instructions.jsonl").read_text().splitlines()[:QUERIES]
     settings = EngineSettings(model=bundled_model().path, dtype="float32", max_model_len=2048, enforce_eager=True)
     with Engine(settings) as engine:
         chat = ChatFormat(engine.llm.get_tokenizer())

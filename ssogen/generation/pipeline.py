@@ -13,7 +13,7 @@ import math
 import resource
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
@@ -81,19 +81,23 @@ class BuildSummary:
         ]
 
 
-def build(config: BuildConfig, *, overwrite: bool = False, engine_log: bool = True) -> BuildSummary:
+def build(
+    config: BuildConfig, *, overwrite: bool = False, engine_log: bool = True, engine: Engine | None = None
+) -> BuildSummary:
     """Run a whole build: plan, generate every unfinished query, write the folder's tables and card.
 
     ``engine_log``: send vLLM's own output to `ENGINE_LOG` in the folder (False: leave it on the terminal).
+    ``engine``: an engine already running the build's model (several builds in one process share it; the
+    summary then counts only this build's share of its figures). None: the build starts its own.
     """
     # One writer per output folder (ssogen.output.lock): a second build on it stops at once with exit 2.
     with OutputFolder(config.output).lock("ssogen build"):
-        return _build(config, overwrite=overwrite, engine_log=engine_log)
+        return _build(config, overwrite=overwrite, engine_log=engine_log, engine=engine)
 
 
-def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSummary:
+def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool, engine: Engine | None) -> BuildSummary:
     started = time.perf_counter()
-    plan = plan_build(config)
+    plan = plan_build(config, resume=not overwrite)
     plan.folder.prepare(plan.settings, overwrite=overwrite)
     summary = BuildSummary(duplicates=plan.queries.duplicates)
     all_queries = plan.queries.queries + plan.queries.empty
@@ -114,20 +118,18 @@ def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSu
 
         summary.remote_engine = True
         total = -(-len(todo) // config.chunk_size)
-        for number, rows in enumerate(ray_chunks(config, todo), start=1):
+        for number, rows in enumerate(ray_chunks(config, todo, model_commit=plan.model.commit), start=1):
             summary.save_seconds += _save_chunk(plan.folder, rows)
             logger.info("chunk %d/%d done (%d queries, ray)", number, total, len(rows))
+    elif todo and engine is not None:
+        if engine.settings.model != engine_settings(config, plan.model).model:
+            raise ValueError(f"the engine holds {engine.settings.model}, the build's model is {plan.model.path}")
+        summary.engine_log = None
+        _generate_counted(engine, plan, todo, summary)
     elif todo:
-        with Engine(engine_settings(config, plan.model, log_file=log_file)) as engine:
-            summary.engine_start_seconds = engine.stats.start_seconds
-            _generate(engine, plan, todo, summary)
-            summary.generated_tokens = engine.stats.generated_tokens
-            summary.generate_seconds = engine.stats.generate_seconds + engine.stats.score_seconds
-            summary.steps = engine.stats.steps
-            summary.sequences_per_step = engine.stats.sequences_per_step
-            summary.loops_aborted = engine.stats.loops_aborted
-            summary.abandoned = engine.stats.abandoned
-            summary.abandoned_tokens = engine.stats.abandoned_tokens
+        with Engine(engine_settings(config, plan.model, log_file=log_file)) as own:
+            summary.engine_start_seconds = own.stats.start_seconds
+            _generate_counted(own, plan, todo, summary)
 
     exported = export_folder(
         plan.folder,
@@ -147,6 +149,23 @@ def _build(config: BuildConfig, *, overwrite: bool, engine_log: bool) -> BuildSu
     summary.mean_weight = exported.mean_weight
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _generate_counted(engine: Engine, plan: Plan, todo: list, summary: BuildSummary) -> None:
+    """`_generate`, with the engine's figures for this build's share of its work in the summary."""
+    before = replace(engine.stats, tokens_by_call=Counter(), tokens_in_flight=Counter())
+    _generate(engine, plan, todo, summary)
+    after = engine.stats
+    summary.generated_tokens = after.generated_tokens - before.generated_tokens
+    summary.generate_seconds = (after.generate_seconds + after.score_seconds) - (
+        before.generate_seconds + before.score_seconds
+    )
+    summary.steps = after.steps - before.steps
+    sequences = after.step_sequences - before.step_sequences
+    summary.sequences_per_step = sequences / summary.steps if summary.steps else 0.0
+    summary.loops_aborted = after.loops_aborted - before.loops_aborted
+    summary.abandoned = after.abandoned - before.abandoned
+    summary.abandoned_tokens = after.abandoned_tokens - before.abandoned_tokens
 
 
 def _generate(engine: Engine, plan: Plan, todo: list, summary: BuildSummary) -> None:
