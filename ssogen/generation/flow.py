@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssogen.errors import WriteError
+from ssogen.errors import UsageError, WriteError
 from ssogen.files import atomic_write_bytes
 from ssogen.generation.engine import Completion, Engine, Request
 from ssogen.generation.plan import Plan
@@ -72,7 +72,8 @@ def prepare(engine: Engine | None, plan: Plan) -> Setup:
     cache = calibration_cache_path(engine, requests, names)
     calibration = _read_calibration(cache, len(names))
     if calibration is None:
-        engine.reset_prefix_cache()  # the same floats on every run (bf16 on CPU depends on cache hits)
+        # The same floats on every run (bf16 on CPU depends on cache hits); --reproducible insists on it.
+        engine.reset_prefix_cache(required=plan.config.reproducible)
         # The first prompt alone fills the cache with the few-shot prefix they all share; sent together, every
         # one of them would compute it again (a cached block only serves requests scheduled after it).
         done = engine.generate(requests[:1], desc="calibrate selection")
@@ -250,8 +251,14 @@ def flow_chunks(
     order) runs alone in held batches from an empty prefix cache, and its rows come in input order.
     """
     if reproducible:
+        if not engine.can_hold:  # held batches are the guarantee: without them reruns form other batches
+            raise UsageError(
+                "--reproducible runs each stage as one batch, held until every request is in, and this vLLM engine "
+                "client cannot pause its scheduler; run without --reproducible (or with vLLM's default "
+                "multiprocess engine core)"
+            )
         for chunk in _batched(queries, chunk_size):
-            engine.reset_prefix_cache()
+            engine.reset_prefix_cache(required=True)
             flow = Flow(engine, setup, held=True, trace=trace)
             try:
                 for query in chunk:
