@@ -1,4 +1,5 @@
-"""The command line: ``ssogen build``, ``push``, ``inspect``, ``audit``, ``merge``, ``bench`` (``python -m ssogen``).
+"""The command line: ``ssogen build``, ``push``, ``inspect``, ``audit``, ``merge``, ``bench``, ``doctor``
+(``python -m ssogen``).
 
 Owns: turning `BuildConfig`'s documented fields into flags (a YAML ``--config`` first, flags on top),
 logging set-up, and mapping errors to exit codes: 2 for bad settings or input (a message, no
@@ -176,6 +177,17 @@ def make_parser() -> argparse.ArgumentParser:
         default=True,
         help="Also measure the reference procedure, the slowest of the three runs (default: on).",
     )
+
+    doctor = command(
+        "doctor",
+        "Check the engine and every stage on this machine and model, before a long build.",
+        "Start the engine as `build` would, run each stage once on a few built-in queries and check what matters to "
+        "a build (the vLLM version and defaults, scoring with and without the prefix cache, the ranked selection, "
+        "structured principles, --reproducible's repeat, the loop checks, step counting); print one line per check "
+        "and exit 0 only when every one passed.",
+    )
+    doctor.add_argument("--config", type=Path, metavar="YAML", help="YAML file of settings (flags override it).")
+    _add_settings(doctor, ("engine",), DOCTOR_SETTINGS)
     return parser
 
 
@@ -423,6 +435,19 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ssogen.generation.doctor import doctor_command
+
+    takes = {f.name for f in fields(BuildConfig) if f.metadata["group"] == "engine"} | set(DOCTOR_SETTINGS)
+    config = build_config(args, takes)
+    # vLLM's own output goes to a temporary log, as for bench; -v / --debug keep it on the terminal.
+    log_file = _engine_log_file("doctor", args)
+    status = doctor_command(config, log_file=log_file)
+    if log_file and Path(log_file).exists():
+        print(f"vLLM's own output: {log_file}", file=sys.stderr, flush=True)
+    return status
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ssogen.generation.bench import bench_line, run_bench
     from ssogen.generation.engine import Engine
@@ -449,7 +474,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"median {name:>9}: wall {result.median(name, 'wall_seconds'):7.2f}s  "
             f"answer tokens {result.median(name, 'answer_tokens'):7.0f}  "
             f"{result.median(name, 'tokens_per_second'):7.1f} tok/s  steps {result.median(name, 'steps'):7.0f}  "
-            f"sequences/step {result.median(name, 'sequences_per_step'):6.1f}"
+            f"sequences/step {result.median(name, 'sequences_per_step'):6.1f}  "
+            f"host {result.median(name, 'host_us_per_token'):6.1f} us/token"
         )
     extra = {
         "mode": "reproducible" if config.reproducible else "continuous",
@@ -462,7 +488,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     }
     if log_file:
         print(f"vLLM's own output: {log_file}", flush=True)
-    print(bench_line(result.ratios(), extra), flush=True)
+    print(bench_line(result.ratios() | result.host(), extra), flush=True)
     return 0
 
 
@@ -481,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "inspect": _cmd_inspect,
         "features": _cmd_features,
         "audit": _cmd_audit,
+        "doctor": _cmd_doctor,
     }
     try:
         return handlers[args.command](args)

@@ -31,7 +31,8 @@ FEATURE_SELECTION_MODES = ("ranked", "sampled", "random")
 EXECUTORS = ("local", "ray")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
-# Settings renamed since a build's ssogen.yaml may have been written: old name -> new name.
+# Settings renamed since a build's ssogen.yaml may have been written: old name -> new name (read only in such a
+# record; see `load_yaml_settings`).
 RENAMED = {"revision": "push_branch"}
 
 
@@ -405,10 +406,19 @@ def load_yaml_settings(path: Path) -> dict[str, Any]:
         raise UsageError(f"--config: {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config: {path} must hold a mapping of setting: value.")
-    if isinstance(data.get("settings"), dict) and "run" in data:  # a build's own record
+    record = isinstance(data.get("settings"), dict) and "run" in data  # a build's own record
+    if record:
         data = recorded_settings(data)
     known = {f.name for f in fields(BuildConfig)}
-    normalised = {RENAMED.get(key, key): v for k, v in data.items() if (key := str(k).replace("-", "_"))}
+    # Only a build's record keeps an old name's meaning: in a file written by hand, `revision` could as well mean
+    # the model's, and a push to a branch the user did not mean is not a thing to guess.
+    renamed = RENAMED if record else {}
+    normalised = {renamed.get(key, key): v for k, v in data.items() if (key := str(k).replace("-", "_"))}
+    if "revision" in normalised:
+        raise UsageError(
+            f"--config: {path} sets revision, which is no longer a setting: write push_branch for the Hub branch a "
+            "push commits to, or model_revision for the branch, tag or commit of a Hub --model."
+        )
     unknown = sorted(set(normalised) - known)
     if unknown:
         raise UsageError(

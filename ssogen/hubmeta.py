@@ -1,8 +1,9 @@
 """The Hub's names and card metadata vocabulary that ssogen writes: repo ids, license ids and language codes.
 
-Owns: checking an ``ORG/NAME`` repo id (`validate_repo_id`), the list of license ids the Hub accepts in a card's
-``license:`` field (checked when the settings are validated, so a typo fails before any generation instead of at
-push time), and the parsing and checking of ``--language``. The license list is the Hub's own (https://huggingface.co/docs/hub/repositories-licenses);
+Owns: where ssogen itself installs from (`SOURCE_REPO`, named in every card), checking an ``ORG/NAME`` repo id
+(`validate_repo_id`), the list of license ids the Hub accepts in a card's ``license:`` field (checked when the
+settings are validated, so a typo fails before any generation instead of at push time), and the parsing and
+checking of ``--language``. The license list is the Hub's own (https://huggingface.co/docs/hub/repositories-licenses);
 a license missing from it is published as ``other`` with a LICENSE file, as the Hub asks.
 """
 
@@ -14,6 +15,9 @@ import re
 from ssogen.errors import UsageError
 
 LICENSES_URL = "https://huggingface.co/docs/hub/repositories-licenses"
+# Where ssogen installs from until it is on PyPI (docs/install.md): the card's install line names it. <org> is a
+# placeholder until the repository is public, and pip refuses it rather than fetching anyone's code.
+SOURCE_REPO = "https://github.com/<org>/ssogen"
 
 HUB_LICENSES = frozenset(
     {

@@ -11,14 +11,23 @@ test (a subprocess, `datasets`) could reach the real Hub.
 
 `built_folder` writes a finished build folder (settings, chunks, views, card) from synthetic records,
 through ssogen's own store and export, without an engine.
+
+Model repos: ``start(models={repo_id: {path: file}})`` seeds the server's storage with one commit per repo before
+it starts (files hard-linked, so a 270 MB model costs no copy), and `Hub.file_gets` counts the file downloads a
+client made from the requests log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import selectors
+import shutil
 import subprocess
 import sys
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,20 @@ class Hub:
     def commit_requests(self) -> list[str]:
         return [r for r in self.requests() if r.startswith("POST ") and "/commit/" in r]
 
+    def model_meta(self, repo_id: str) -> dict:
+        return json.loads((self.storage / "models" / repo_id / "repo.json").read_text())
+
+    def file_gets(self, repo_id: str, since: int = 0, status: str = "200") -> Counter[str]:
+        """How many times each file of model ``repo_id`` was downloaded (GET .../resolve/REV/PATH answered 200;
+        ``status="206"``: read in part), in the requests from number ``since`` on; the key is ``REV/PATH``."""
+        prefix = f"GET /{repo_id}/resolve/"
+        gets: Counter[str] = Counter()
+        for line in self.requests()[since:]:
+            method_path, _, answered = line.rpartition(" ")
+            if method_path.startswith(prefix) and answered == status:
+                gets[method_path.removeprefix(prefix)] += 1
+        return gets
+
 
 class HubServers:
     """Starts hub_server.py subprocesses for one test and stops them at the end."""
@@ -68,9 +91,19 @@ class HubServers:
         self.monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         return self
 
-    def start(self, fail_first: int = 0, *, faults: tuple[str, ...] = (), args: tuple[str, ...] = ()) -> Hub:
-        """A new server; ``faults`` are its ``--fault`` specs, ``args`` any other options."""
+    def start(
+        self,
+        fail_first: int = 0,
+        *,
+        faults: tuple[str, ...] = (),
+        args: tuple[str, ...] = (),
+        models: dict[str, dict[str, Path]] | None = None,
+    ) -> Hub:
+        """A new server; ``faults`` are its ``--fault`` specs, ``args`` any other options, ``models`` model repos
+        it starts with (repo id -> {path in the repo: file}), each one commit on main."""
         storage = self.tmp_path / f"hub{len(self.procs)}"
+        for repo_id, files in (models or {}).items():
+            seed_model_repo(storage, repo_id, files)
         cmd = [sys.executable, str(SERVER), "--port", "0", "--storage", str(storage), "--token", TOKEN]
         cmd += ["--read-token", READ_TOKEN, "--fail-first", str(fail_first), *args]
         cmd += [word for spec in faults for word in ("--fault", spec)]
@@ -97,6 +130,25 @@ class HubServers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def seed_model_repo(storage: Path, repo_id: str, files: dict[str, Path]) -> str:
+    """Write model repo ``repo_id`` into a (not yet started) server's storage: one commit on main holding ``files``
+    (the layout `hub_server.Repo.load` reads). Returns the commit id."""
+    root = storage / "models" / repo_id
+    oid = hashlib.sha1(f"{repo_id}\n{sorted(files)}\n{time.time_ns()}".encode()).hexdigest()
+    for path, source in files.items():
+        target = root / "commits" / oid / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # another file system
+            shutil.copyfile(source, target)
+    date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    commit = {"oid": oid, "parent": None, "title": "add the model", "message": "", "date": date}
+    meta = {"private": False, "branches": {"main": oid}, "tags": {}, "commits": [commit]}
+    (root / "repo.json").write_text(json.dumps(meta, indent=1))
+    return oid
 
 
 def built_folder(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ssogen.output.store import CHUNKS_DIR
-from tests.conftest import BUILT_ARGS, REPO, run_cli
+from tests.conftest import BUILT_ARGS, QUERIES, REPO, run_cli
 
 RAY_ARGS = (*BUILT_ARGS, "--limit", "4", "--chunk-size", "2", "--executor", "ray", "--replicas", "1")
 
@@ -26,10 +26,8 @@ def query_ids(folder: Path) -> list[str]:
     return ids
 
 
-def test_a_ray_build_survives_a_killed_replica_and_holds_the_same_query_ids_as_a_local_run(
-    tmp_path, shared_data, built_folder
-):
-    queries = shared_data / "user_oriented_instructions.jsonl"
+def test_a_ray_build_survives_a_killed_replica_and_holds_the_same_query_ids_as_a_local_run(tmp_path, built_folder):
+    queries = QUERIES
     out = tmp_path / "ray"
     args = [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *RAY_ARGS, "--output", str(out)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

