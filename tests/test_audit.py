@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from datasets import load_dataset
+from huggingface_hub import HfApi
 from matplotlib.image import imread
 from rich.console import Console
 
@@ -137,6 +138,7 @@ def test_cli_with_limit_and_sample_together_is_a_usage_error(tmp_path):
     assert not (folder / "data" / "audit").exists()
 
 
+@pytest.mark.slow
 def test_sample_is_seeded_and_limit_takes_the_first_rows(tmp_path):
     folder = synthetic_build(tmp_path / "b", n=12)
     ids = [make_record(i)["prompt_id"] for i in range(12)]
@@ -215,13 +217,17 @@ def test_summary_figures_equal_pandas_on_the_same_verdicts():
 # --- the real thing, in its own process: publish the audit with the dataset -----------------------------------
 
 
-def test_cli_audit_push_publishes_the_dataset_with_its_audit_in_one_commit(
+def test_cli_audit_push_publishes_the_dataset_with_its_audit_in_one_commit_and_a_private_repo_stays_private(
     hub: Hub, built_folder: Path, tmp_path: Path
 ) -> None:
     folder = copy_build(built_folder, tmp_path / "out")
+    HfApi(endpoint=hub.url, token=TOKEN).create_repo(REPO, repo_type="dataset", private=True)
     env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_TELEMETRY": "1"}
     result = run_cli("audit", str(folder), "--limit", "3", "--enforce-eager", "--push", REPO, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    # Neither --private nor --no-private: the repo keeps its visibility, and nothing asked the Hub to change it.
+    assert hub.meta()["private"] is True and not [r for r in hub.requests() if "/settings" in r]
+    assert f"{REPO} is private (unchanged" in result.stderr + result.stdout
     assert TOKEN not in result.stdout + result.stderr
     assert "Audit verdicts" in result.stdout and "published" in result.stdout
     # vLLM's own warnings went to the audit's engine log, which the command names; the terminal has none.
@@ -431,6 +437,25 @@ def test_card_plots_folder_gets_the_audit_plot(built_folder, engine, tmp_path):
     assert yaml.safe_load((folder / "audit.yaml").read_text())["rows"]["audited"] == 2
 
 
+def test_audit_push_keeps_a_public_repo_public_unless_private_is_asked(
+    audited: Path, engine, hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)  # read at import; the CLI test sets the env
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    HfApi(endpoint=hub.url, token=TOKEN).create_repo(REPO, repo_type="dataset", private=False)
+    folder = copy_build(audited, tmp_path / "out")
+
+    run_audit(AuditOptions(target=str(folder), limit=1, push=REPO), console=QUIET, engine=engine)
+    assert hub.meta()["private"] is False and not [r for r in hub.requests() if "/settings" in r]
+
+    again = AuditOptions(target=str(folder), limit=1, push=REPO, private=True, overwrite_round=True)
+    run_audit(again, console=QUIET, engine=engine)
+    assert hub.meta()["private"] is True  # asked for: the one way an audit changes a repo's visibility
+
+
+@pytest.mark.slow
 def test_inspect_warns_when_the_judge_mostly_follows_position(tmp_path):
     from ssogen.reading.audit import write_audit
 

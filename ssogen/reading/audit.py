@@ -31,7 +31,7 @@ from ssogen.files import atomic_path, atomic_write_bytes, writing
 from ssogen.generation.engine import Engine, EngineSettings, Request, RewardEngine
 from ssogen.inputs.chat import ChatFormat
 from ssogen.inputs.library import Templates, files_hash
-from ssogen.inputs.models import BUNDLED_NAME, ModelRef, bundled_model, resolve_model
+from ssogen.inputs.models import BUNDLED_NAME, COMMIT, ModelRef, bundled_model, resolve_model, where
 from ssogen.output.audit_summary import AUDIT_CONFIG, AUDIT_FILE, AUDIT_SCHEMA, PAIRS, sigmoid
 from ssogen.output.readback import Build, load_build, single_value
 from ssogen.output.store import SETTINGS_FILE, OutputFolder, rows_per_group
@@ -226,7 +226,10 @@ def _resolve_judge(options: AuditOptions, build: Build) -> tuple[ModelRef, bool]
         if spec is None and name in (None, BUNDLED_NAME):
             judge = bundled_model()
         else:
-            judge = resolve_model(spec or name, trust_remote_code=options.trust_remote_code)
+            # A Hub policy is judged at the commit the build loaded, not at what its branch names today (a build
+            # from before `model_commit` recorded the commit as its revision).
+            commit = build.run.get("model_commit") or (revision if COMMIT.fullmatch(str(revision)) else None)
+            judge = resolve_model(spec or name, trust_remote_code=options.trust_remote_code, commit=commit)
     except UsageError as exc:
         raise UsageError(
             f"the build's policy {spec or name} (recorded in its {SETTINGS_FILE}) cannot be loaded here ({exc}); "
@@ -261,17 +264,24 @@ def _judge_tokenizer(judge: ModelRef, options: AuditOptions) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(judge.path, trust_remote_code=options.trust_remote_code)
+        return AutoTokenizer.from_pretrained(
+            judge.path, revision=judge.commit, trust_remote_code=options.trust_remote_code
+        )
     except Exception as exc:
-        raise UsageError(f"--judge: could not load a tokenizer from {judge.path}: {exc}") from None
+        raise UsageError(f"--judge: could not load a tokenizer from {where(judge)}: {exc}") from None
 
 
 def _config(judge: ModelRef) -> dict[str, Any]:
-    path = Path(judge.path) / "config.json"
     try:
+        if judge.commit:  # a Hub model: its config.json at the commit (from the cache once fetched)
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(judge.path, "config.json", revision=judge.commit))
+        else:
+            path = Path(judge.path) / "config.json"
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--judge: cannot read {path}: {exc}") from None
+    except Exception as exc:  # a missing or unreadable file, or the Hub's answer
+        raise UsageError(f"--judge: cannot read the config.json of {where(judge)}: {exc}") from None
 
 
 def _architectures(judge: ModelRef) -> list[str]:
@@ -325,6 +335,7 @@ def engine_settings(plan: AuditPlan, log_file: str | None = None) -> EngineSetti
     return EngineSettings(
         log_file=log_file,
         model=plan.judge.path,
+        revision=plan.judge.commit,
         dtype=o.dtype,
         max_model_len=plan.max_model_len,
         tensor_parallel_size=o.tensor_parallel_size,
