@@ -7,7 +7,8 @@ The objective (docs/training.md): L(x, y+, y-) + W · β_G · [L(x+, y+, y-) + L
 By default it trains the model that generated the dataset (its ssogen.yaml), with the authors' recipe: IPO,
 β = 0.2, β_G = 0.1, α = 0.66, W recomputed online. The checkpoint is a plain Hugging Face folder (config.json,
 safetensors weights, the tokenizer with its chat template); with --lora the adapter is merged into it first, so
-vLLM (and `ssogen build --model`) load it like any model. Needs `pip install 'ssogen[train]'`.
+vLLM (and `ssogen build --model`) load it like any model. Needs the `train` extra (`pip install -e ".[train]"` in
+a clone).
 """
 
 from __future__ import annotations

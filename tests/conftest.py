@@ -163,3 +163,32 @@ def start_hub(tmp_path, monkeypatch) -> Iterator:
 @pytest.fixture
 def hub(start_hub):
     return start_hub()
+
+
+# --- the trainers' tests (tests/test_trainers.py, tests/test_training.py) ---------------------------------------
+
+
+@pytest.fixture
+def offline_training(monkeypatch):
+    """No network, no telemetry, no experiment trackers."""
+    for name, value in {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "WANDB_DISABLED": "true",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def trl_tokenizer(bundled_model):
+    """A private copy of the bundled tokenizer per module: the trainers set `pad_token` on the one they are given."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

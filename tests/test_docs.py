@@ -26,6 +26,7 @@ from tests.shown_commands import (
 
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
+README = REPO / "README.md"
 
 
 class _Loader(yaml.SafeLoader):
@@ -88,7 +89,7 @@ def _shown(pages=PAGES) -> list[tuple[str, list[str]]]:
 @pytest.mark.slow
 def test_every_ssogen_command_shown_in_the_docs_parses(monkeypatch):
     monkeypatch.chdir(REPO)  # `--config examples/build.yaml` as a user in the repository's root types it
-    shown = [(page, argv) for page, command in _shown() if (argv := ssogen_argv(command)) is not None]
+    shown = [(page, argv) for page, command in _shown([*PAGES, README]) if (argv := ssogen_argv(command)) is not None]
     assert len(shown) >= 30  # every page's build, inspect, audit, push, merge and bench examples
     assert {argv[0] for _, argv in shown} >= {"build", "inspect", "audit", "merge", "push", "bench", "features"}
     for page, argv in shown:
@@ -101,7 +102,9 @@ def test_every_ssogen_command_shown_in_the_docs_parses(monkeypatch):
 
 
 def test_every_training_command_shown_in_the_docs_parses():
-    shown = [(page, argv) for page, command in _shown() if (argv := train_sso_argv(command)) is not None]
+    shown = [
+        (page, argv) for page, command in _shown([*PAGES, README]) if (argv := train_sso_argv(command)) is not None
+    ]
     assert shown, "the docs show how to run examples/train_sso.py"
     parse = train_sso_parser()
     for page, argv in shown:
@@ -127,3 +130,13 @@ def test_pages_show_no_development_or_machine_paths(page):
     for forbidden in ("../shared", "/work/", "/home/", "/root/", "/tmp/work"):
         assert forbidden not in text, f"docs/{page.name} shows {forbidden!r}"
     assert "](../README.md" not in text, f"docs/{page.name} links the README, which is not part of the site"
+
+
+def test_the_readme_links_resolve_and_its_front_door_commands_are_the_makefiles():
+    text = README.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (REPO / target).exists(), f"README.md links a missing {target}"
+    targets = set(re.findall(r"^([a-z-]+):", (REPO / "Makefile").read_text(), flags=re.M))
+    shown = set(re.findall(r"^make ([a-z-]+)", text, flags=re.M))
+    assert shown >= {"run", "test", "test-fast"} and shown <= targets, shown

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -19,12 +15,14 @@ from ssogen.config import BuildConfig
 from ssogen.generation.engine import Request
 from ssogen.generation.flow import SEQUENCES_PER_QUERY, SLOT_MARGIN, FlowService, admission_window, flow_chunks, prepare
 from ssogen.output.store import CHUNKS_DIR
-from tests.conftest import QUERIES, REPO, build_in_process
+from tests.conftest import QUERIES, build_in_process
 
 FLOW_ARGS = ("--limit", "12", "--max-new-tokens", "48", "--chunk-size", "3", "--enforce-eager")
 
 
 LOOP_ASK = "Write the word yes 500 times, separated by spaces, and nothing else."
+# The loop watch's tests: the loop the watch sees first (its checkpoints every 32 tokens from 128) fits below it.
+LOOP_LIMIT = 384
 
 
 def user_prompt(tokenizer, content: str) -> list[int]:
@@ -148,18 +146,20 @@ def test_a_loop_is_aborted_at_the_watchs_first_checkpoint_and_a_watched_answer_i
     watch = LoopWatch(0.15, start=128, every=32)
 
     def ask(prompt: list[int], watched: bool, **kwargs):
-        request = Request(prompt, seed=3, max_tokens=384, loop_watch=watch if watched else None, **kwargs)
+        request = Request(prompt, seed=3, max_tokens=LOOP_LIMIT, loop_watch=watch if watched else None, **kwargs)
         engine.reset_prefix_cache()  # both runs compute the same floats
         return engine.generate([request])[0]
 
     aborted_before = engine.stats.loops_aborted
     # Greedy with the end of turn ignored: only the limit or the watch can end it.
     looped, unwatched = (ask(loop, w, temperature=0.0, ignore_eos=True, logprobs=True) for w in (True, False))
-    assert unwatched.finish_reason == "length" and len(unwatched.token_ids) == 384
+    assert unwatched.finish_reason == "length" and len(unwatched.token_ids) == LOOP_LIMIT
     # Aborted at the first checkpoint (128, 160, …) whose tail is long enough to judge and compresses as a loop.
     ids = unwatched.token_ids
-    first = next(n for n in range(128, 385, 32) if written_is_loop(tokenizer.decode(ids[:n]), 0.15, watch.tail_bytes))
-    assert looped.finish_reason == "repetition" and len(looped.token_ids) == first < 384, looped.text[-200:]
+    first = next(
+        n for n in range(128, LOOP_LIMIT + 1, 32) if written_is_loop(tokenizer.decode(ids[:n]), 0.15, watch.tail_bytes)
+    )
+    assert looped.finish_reason == "repetition" and len(looped.token_ids) == first < LOOP_LIMIT, looped.text[-200:]
     assert looped.token_ids == ids[:first] and unwatched.text.startswith(looped.text)
     assert looped.token_logprobs == pytest.approx(unwatched.token_logprobs[:first])
     assert engine.stats.loops_aborted == aborted_before + 1
@@ -186,7 +186,7 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
             role: Request(
                 loop if role == query.looping else story,
                 seed=i,
-                max_tokens=384,
+                max_tokens=LOOP_LIMIT,
                 temperature=0.0 if role == query.looping else 0.7,
                 ignore_eos=True,
                 loop_watch=watch,
@@ -206,15 +206,15 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
         flow.close()
         [row] = rows
         assert not flow.stream.pending
-        assert row[looping].finish_reason == "repetition" and len(row[looping].token_ids) < 384
+        assert row[looping].finish_reason == "repetition" and len(row[looping].token_ids) < LOOP_LIMIT
         others = [row[role] for role in ("chosen", "rejected", "original") if role != looping]
         if abandoned:  # y+ or y° looped: the query is dropped, and its other answers end with the loop
             assert [a.finish_reason for a in others] == ["abandoned"] * 2
             # They were written side by side with the loop, so they hold about as many tokens as it did.
             assert all(0 < len(a.token_ids) <= len(row[looping].token_ids) + 2 for a in others)
-            assert engine.stats.steps - before[0] < 384 - 64
+            assert engine.stats.steps - before[0] < LOOP_LIMIT - 64
         else:  # a looping y- is kept: the others are written to the end
-            assert [len(a.token_ids) for a in others] == [384, 384]
+            assert [len(a.token_ids) for a in others] == [LOOP_LIMIT, LOOP_LIMIT]
         assert engine.stats.abandoned - before[1] == abandoned
 
 
@@ -334,33 +334,35 @@ def chunk_files(out):
     return sorted((out / CHUNKS_DIR).glob("chunk-*.parquet"))
 
 
-@pytest.mark.engine  # a build in its own process: the process is the point
-def test_a_continuous_build_saves_chunks_as_they_complete_and_a_killed_run_resumes_to_every_query_once(
+def test_a_continuous_build_saves_chunks_as_they_complete_and_a_run_cut_short_resumes_to_every_query_once(
     tmp_path, engine
 ):
+    """In this process, on the session's engine. A kill -9 in its own process, and the bit-exact resume after it,
+    are tests/test_resume.py's: the resume reads the same chunks whichever flow wrote them."""
     queries = QUERIES
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "ssogen", "build", "--queries", str(queries), *FLOW_ARGS, "--output", str(out)]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    argv = ("--queries", str(queries), *FLOW_ARGS, "--output", str(out))
+    first = threading.Thread(target=build_in_process, args=(engine, *argv))
+    first.start()
     deadline = time.monotonic() + 900
     while not chunk_files(out):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert first.is_alive(), "the build ended before any chunk was seen"
         assert time.monotonic() < deadline, "no chunk finished in time"
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):  # a chunk is on disk while the build runs: saved as it completed
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    # Every visible chunk is whole. (Chunks finish in bursts, so the kill may fall in the middle of the next
-    # chunk's write: that one is a hidden temporary file, which the resume removes.)
-    saved = [pd.read_parquet(path) for path in chunk_files(out)]
-    assert saved and all(len(chunk) == 3 for chunk in saved)
+        time.sleep(0.05)
+    assert first.is_alive()  # a chunk is on disk while the build runs: saved as it completed
+    first.join(timeout=900)
+    saved = chunk_files(out)
+    assert len(saved) == 4 and all(len(pd.read_parquet(path)) == 3 for path in saved)
 
-    # The same command again; in this process, on the session's engine (the resume reads what the kill left).
-    resumed = build_in_process(engine, "--queries", str(queries), *FLOW_ARGS, "--output", str(out))
-    assert 0 < resumed.resumed < 12 and resumed.total == 12
-    assert not list((out / CHUNKS_DIR).glob(".*"))  # no partial write left behind
+    # What a kill leaves: the chunks finished before it, and a hidden part of the one being written.
+    for lost in saved[2:]:
+        lost.unlink()
+    (out / CHUNKS_DIR / f".{saved[2].name}.partial").write_bytes(b"PAR1 half a chunk")
+    resumed = build_in_process(engine, *argv)
+    assert (resumed.resumed, resumed.total) == (6, 12)
+    assert not list((out / CHUNKS_DIR).glob(".*"))  # the partial write was removed
     ids = [pid for chunk in chunk_files(out) for pid in pd.read_parquet(chunk).prompt_id]
-    assert len(ids) == len(set(ids)) == 12  # every query exactly once across the killed run and the rerun
+    assert len(ids) == len(set(ids)) == 12  # every query exactly once across both runs
     kept = pd.concat([pd.read_parquet(p) for p in (out / "data" / "sso").glob("*.parquet")])
     for row in kept.to_dict("records"):
         assert row["chosen"].strip() and row["rejected"].strip() and row["original"].strip()

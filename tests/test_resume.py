@@ -127,22 +127,31 @@ def _dropped(folder: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files]) if files else pd.DataFrame(columns=["prompt_id"])
 
 
-@pytest.mark.engine  # a build in its own process: the process is the point
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_interrupt_stops_with_status_130_keeps_whole_chunks_and_says_how_to_resume(tmp_path, signum):
-    out = tmp_path / "out"
-    proc = start_build(out, QUERIES, "--limit", "6", "--chunk-size", "1", "--max-new-tokens", "16")  # stopped early
-    wait_for_chunks(out, proc, 1)
+@pytest.mark.engine  # builds in their own processes: the process is the point
+def test_ctrl_c_and_sigterm_each_stop_with_status_130_keep_whole_chunks_and_say_how_to_resume(tmp_path):
+    # The two builds run side by side (their engine starts overlap), each stopped after its first chunk:
     # Ctrl-C reaches the whole foreground group; a scheduler's SIGTERM reaches the build process.
-    if signum == signal.SIGINT:
-        os.killpg(proc.pid, signum)
-    else:
-        proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "run the same command again to resume" in stderr
-    chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
-    assert chunks and all(len(pd.read_parquet(c)) == 1 for c in chunks) and len(chunks) < 6
+    small = ("--limit", "6", "--chunk-size", "1", "--max-new-tokens", "16")
+    builds = {signum: (tmp_path / signum.name, start_build(tmp_path / signum.name, QUERIES, *small))
+              for signum in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    waiting, deadline = dict(builds), time.monotonic() + 600
+    while waiting:  # each is signalled as soon as its first chunk is on disk
+        for signum, (out, proc) in list(waiting.items()):
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            if list((out / CHUNKS_DIR).glob("chunk-*.parquet")):
+                if signum == signal.SIGINT:
+                    os.killpg(proc.pid, signum)
+                else:
+                    proc.send_signal(signum)
+                del waiting[signum]
+        assert time.monotonic() < deadline, "no chunk finished in time"
+        time.sleep(0.1)
+    for signum, (out, proc) in builds.items():
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (signum.name, stderr[-2000:])
+        assert "run the same command again to resume" in stderr
+        chunks = list((out / CHUNKS_DIR).glob("chunk-*.parquet"))
+        assert chunks and all(len(pd.read_parquet(c)) == 1 for c in chunks) and len(chunks) < 6, signum.name
 
 
 def vllm_processes(pid: int) -> dict[str, psutil.Process]:

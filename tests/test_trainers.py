@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import load_dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
 STEPS = 2
@@ -42,28 +42,7 @@ COMMON_ARGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """No network, no telemetry, no experiment trackers."""
-    for name, value in {
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "WANDB_DISABLED": "true",
-        "WANDB_MODE": "disabled",
-        "TOKENIZERS_PARALLELISM": "false",
-    }.items():
-        monkeypatch.setenv(name, value)
-
-
-@pytest.fixture(scope="module")
-def trl_tokenizer(bundled_model):
-    """A private copy of the bundled tokenizer: the trainers set `pad_token` on the one they are given."""
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+pytestmark = pytest.mark.usefixtures("offline_training")
 
 
 def tiny_config(tokenizer, **extra) -> LlamaConfig:
