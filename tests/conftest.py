@@ -168,6 +168,26 @@ def hub(start_hub):
 # --- the trainers' tests (tests/test_trainers.py, tests/test_training.py) ---------------------------------------
 
 
+# A short, silent, CPU-only, float32 run that writes nothing but its output folder. No truncation: TRL would
+# otherwise drop rows (DPO: prompts that fill max_length; reward: any longer pair), and every row must go through.
+TRAINER_ARGS = {
+    "max_steps": 2,
+    "per_device_train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_length": None,
+    "logging_steps": 1,
+    "report_to": [],
+    "save_strategy": "no",
+    "use_cpu": True,
+    "bf16": False,
+    "fp16": False,
+    "gradient_checkpointing": False,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": True,
+    "seed": 0,
+}
+
+
 @pytest.fixture
 def offline_training(monkeypatch):
     """No network, no telemetry, no experiment trackers."""

@@ -18,28 +18,13 @@ from datasets import load_dataset
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
+from tests.conftest import TRAINER_ARGS
+
 STEPS = 2
 BATCH = 2
 
-# Shared by DPOConfig and RewardConfig: a short, silent, CPU-only, float32 run that writes nothing but tmp_path.
-COMMON_ARGS = {
-    "max_steps": STEPS,
-    "per_device_train_batch_size": BATCH,
-    "gradient_accumulation_steps": 1,
-    # No truncation: TRL would otherwise drop rows (DPO: prompts that fill max_length; reward: any longer pair),
-    # and every row of a view must go through whole.
-    "max_length": None,
-    "logging_steps": 1,
-    "report_to": [],
-    "save_strategy": "no",
-    "use_cpu": True,
-    "bf16": False,
-    "fp16": False,
-    "gradient_checkpointing": False,
-    "dataloader_num_workers": 0,
-    "disable_tqdm": True,
-    "seed": 0,
-}
+# Shared by DPOConfig and RewardConfig (tests/conftest.py).
+COMMON_ARGS = {**TRAINER_ARGS, "max_steps": STEPS, "per_device_train_batch_size": BATCH}
 
 
 pytestmark = pytest.mark.usefixtures("offline_training")

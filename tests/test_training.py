@@ -32,7 +32,7 @@ from ssogen.training import SSOConfig, SSOTrainer
 from ssogen.training.config import ROW_LOSS_TYPES
 from ssogen.training.data import GeneratingModel, generating_model, load_sso_dataset, training_row
 from ssogen.training.trainer import split_pair
-from tests.conftest import REPO, make_record, run_cli
+from tests.conftest import REPO, TRAINER_ARGS, make_record, run_cli
 
 EXAMPLE = REPO / "examples" / "train_sso.py"
 EXAMPLE_FLAGS = (
@@ -41,23 +41,8 @@ EXAMPLE_FLAGS = (
 )  # fmt: skip
 ALPHA = 0.66
 
-# A short, silent, CPU-only, float32 run that writes nothing but its output folder.
-COMMON_ARGS = {
-    "max_steps": 2,
-    "per_device_train_batch_size": 3,
-    "gradient_accumulation_steps": 1,
-    "max_length": None,  # no truncation: every row goes through whole, in all three pairs
-    "logging_steps": 1,
-    "report_to": [],
-    "save_strategy": "no",
-    "use_cpu": True,
-    "bf16": False,
-    "fp16": False,
-    "gradient_checkpointing": False,
-    "dataloader_num_workers": 0,
-    "disable_tqdm": True,
-    "seed": 0,
-}
+# Every row goes through whole, in all three pairs (tests/conftest.py).
+COMMON_ARGS = {**TRAINER_ARGS, "per_device_train_batch_size": 3}
 
 # Three queries whose answers differ in content and length, so every row's losses differ.
 RECORDS = [
