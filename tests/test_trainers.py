@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import load_dataset
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
-from tests.conftest import TRAINER_ARGS
+from tests.conftest import TRAINER_ARGS, tiny_config
 
 STEPS = 2
 BATCH = 2
@@ -28,22 +28,6 @@ COMMON_ARGS = {**TRAINER_ARGS, "max_steps": STEPS, "per_device_train_batch_size"
 
 
 pytestmark = pytest.mark.usefixtures("offline_training")
-
-
-def tiny_config(tokenizer, **extra) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **extra,
-    )
 
 
 def load_view(folder: Path, config: str):

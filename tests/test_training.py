@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from trl import DPOConfig, DPOTrainer
 
 from ssogen.errors import UsageError
@@ -32,7 +32,7 @@ from ssogen.training import SSOConfig, SSOTrainer
 from ssogen.training.config import ROW_LOSS_TYPES
 from ssogen.training.data import GeneratingModel, generating_model, load_sso_dataset, training_row
 from ssogen.training.trainer import split_pair
-from tests.conftest import REPO, TRAINER_ARGS, make_record, run_cli
+from tests.conftest import REPO, TRAINER_ARGS, make_record, run_cli, tiny_config
 
 EXAMPLE = REPO / "examples" / "train_sso.py"
 EXAMPLE_FLAGS = (
@@ -77,19 +77,7 @@ pytestmark = pytest.mark.usefixtures("offline_training")
 
 def tiny_model(tokenizer, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_config(tokenizer))
 
 
 @pytest.fixture
