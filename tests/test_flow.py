@@ -196,26 +196,32 @@ def test_a_query_whose_chosen_answer_is_stopped_as_a_loop_has_its_other_answers_
         return {"prompt_id": query.prompt_id, **got}
 
     monkeypatch.setattr(ssogen.generation.flow, "query_stages", stages)
-    for looping, abandoned in (("chosen", 2), ("original", 2), ("rejected", 0)):
+    # y+ or y° looping (two queries side by side) drops the query: its other answers end with the loop, and the
+    # engine stops well short of the limit. A looping y- is kept: its others are written to the end.
+    for loopings, abandoned in ((("chosen", "original"), 2), (("rejected",), 0)):
         before = (engine.stats.steps, engine.stats.abandoned)
         flow = Flow(engine, None)
-        flow.add(SimpleNamespace(prompt_id=looping, looping=looping))
+        for looping in loopings:
+            flow.add(SimpleNamespace(prompt_id=looping, looping=looping))
         rows = []
         while flow.in_flight:
             rows += flow.step()
         flow.close()
-        [row] = rows
         assert not flow.stream.pending
-        assert row[looping].finish_reason == "repetition" and len(row[looping].token_ids) < LOOP_LIMIT
-        others = [row[role] for role in ("chosen", "rejected", "original") if role != looping]
-        if abandoned:  # y+ or y° looped: the query is dropped, and its other answers end with the loop
-            assert [a.finish_reason for a in others] == ["abandoned"] * 2
-            # They were written side by side with the loop, so they hold about as many tokens as it did.
-            assert all(0 < len(a.token_ids) <= len(row[looping].token_ids) + 2 for a in others)
+        assert sorted(row["prompt_id"] for row in rows) == sorted(loopings)
+        for row in rows:
+            looping = row["prompt_id"]
+            assert row[looping].finish_reason == "repetition" and len(row[looping].token_ids) < LOOP_LIMIT
+            others = [row[role] for role in ("chosen", "rejected", "original") if role != looping]
+            if abandoned:
+                assert [a.finish_reason for a in others] == ["abandoned"] * 2
+                # They were written side by side with the loop, so they hold about as many tokens as it did.
+                assert all(0 < len(a.token_ids) <= len(row[looping].token_ids) + 2 for a in others)
+            else:
+                assert [len(a.token_ids) for a in others] == [LOOP_LIMIT, LOOP_LIMIT]
+        if abandoned:
             assert engine.stats.steps - before[0] < LOOP_LIMIT - 64
-        else:  # a looping y- is kept: the others are written to the end
-            assert [len(a.token_ids) for a in others] == [LOOP_LIMIT, LOOP_LIMIT]
-        assert engine.stats.abandoned - before[1] == abandoned
+        assert engine.stats.abandoned - before[1] == abandoned * len(loopings)
 
 
 def test_an_abandoned_answer_reports_the_tokens_the_engine_had_generated_for_it_though_its_text_was_not_read(

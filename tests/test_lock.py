@@ -1,5 +1,6 @@
 """One writer per output folder: a second process is refused at once, naming the holder; a dead holder's lock is
-taken over, saying so; shards (other folders) never contend."""
+taken over, saying so; shards (other folders) never contend. A real build refusing a second one on its folder is
+part of tests/test_resume.py's chain of faults."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from ssogen.output.lock import LOCK_FILE, FolderLocked
-from ssogen.output.store import CHUNKS_DIR, SETTINGS_FILE, OutputFolder
-from tests.conftest import BUILT_ARGS, QUERIES, REPO, run_cli
+from ssogen.output.store import SETTINGS_FILE, OutputFolder
+from tests.conftest import REPO, run_cli
 
 HOLD = """
 import sys, time
@@ -121,35 +121,3 @@ def test_a_command_that_stops_before_writing_leaves_no_folder_behind(tmp_path):
     result = run_cli("build", "--queries", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "out"))
     assert result.returncode == 2 and "missing.jsonl" in result.stderr
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.engine  # a build in its own process: the process is the point
-def test_two_builds_on_one_folder_the_second_exits_2_and_the_first_gives_one_row_per_query(tmp_path):
-    queries = QUERIES
-    out = tmp_path / "out"
-    # As small as a build with two chunks gets: the lock, not the answers, is the point.
-    small = ("--limit", "4", "--chunk-size", "2", "--max-new-tokens", "16")
-    args = ("build", "--queries", str(queries), *BUILT_ARGS, *small, "--output", str(out))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "ssogen", *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 120
-    while f'"pid": {first.pid}' not in _read(out / LOCK_FILE):
-        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
-        time.sleep(0.1)
-    second = run_cli(*args)  # a requeued job, a double click, a second terminal
-    assert second.returncode == 2, second.stderr[-2000:]
-    assert f"in use by another ssogen process: pid {first.pid}" in second.stderr
-    _, stderr = first.communicate(timeout=900)
-    assert first.returncode == 0, stderr[-3000:]
-    files = list((out / "data").glob("sso/*.parquet")) + list((out / "data").glob("dropped/*.parquet"))
-    ids = pd.concat([pd.read_parquet(f, columns=["prompt_id"]) for f in files]).prompt_id
-    assert len(ids) == 4 and ids.is_unique
-    assert sum(len(pd.read_parquet(c)) for c in (out / CHUNKS_DIR).glob("chunk-*.parquet")) == 4
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""

@@ -54,14 +54,20 @@ def test_a_build_killed_then_out_of_disk_then_losing_its_engine_resumes_each_tim
     tmp_path, built_folder
 ):
     """The faults of a long job on a shared machine, one after another on one folder, each followed by the same
-    command: a kill -9 (pre-emption), a full disk, the out-of-memory killer taking vLLM's worker. Every stop
-    keeps whole chunks only and says how to go on; the last rerun ends where an uninterrupted build ends."""
+    command: a kill -9 (pre-emption; a second build started meanwhile is refused), a full disk, the out-of-memory
+    killer taking vLLM's worker. Every stop keeps whole chunks only and says how to go on; the last rerun ends where
+    an uninterrupted build ends, with one row per query."""
     queries = QUERIES
     out = tmp_path / "out"
     chunks = out / CHUNKS_DIR
 
     killed = start_build(out, queries)
     wait_for_chunks(out, killed, 1)
+    # A second build on the folder meanwhile (a requeued job, a second terminal) is refused before it loads a model.
+    second = run_cli("build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out))
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"in use by another ssogen process: pid {killed.pid}" in second.stderr
+    assert killed.poll() is None  # the first runs on
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     whole = list(chunks.glob("chunk-*.parquet"))
