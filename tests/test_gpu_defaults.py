@@ -24,7 +24,7 @@ def test_a_utility_call_waiting_when_the_engine_process_dies_is_failed_instead_o
     process dies (``SyncMPClient.call_utility``); under async scheduling a pause waits out a whole GPU step."""
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    from ssogen.generation.engine import _start_watchdog
+    from ssogen.generation.engine import WATCHDOG_SECONDS, _start_watchdog
 
     # vLLM's client as the watchdog reads it: the dead flag, the output queue, the pending utility calls.
     waiting: Future = Future()
@@ -34,7 +34,7 @@ def test_a_utility_call_waiting_when_the_engine_process_dies_is_failed_instead_o
     stop = threading.Event()
     _start_watchdog(client, stop)
     try:
-        time.sleep(0.7)
+        time.sleep(WATCHDOG_SECONDS + 0.2)  # it looked once
         assert not waiting.done()  # a live engine's call is left alone
         client.resources.engine_dead = True
         with pytest.raises(EngineDeadError):

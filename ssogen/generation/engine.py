@@ -646,6 +646,11 @@ def _scoring(read_cache: bool) -> Any:
     )
 
 
+# How often the watchdog looks at vLLM's dead-engine flag: a dead engine is reported within this, and each look
+# costs the front-end CPU in proportion to wall time, not tokens (`ssogen bench` counts it in the host's figure).
+WATCHDOG_SECONDS = 2.0
+
+
 def _start_watchdog(client: Any, stop: threading.Event) -> None:
     """Wake a caller blocked on a dead engine (see the module docstring): one waiting for output, or for the
     answer to a utility call (`Engine._call_core`: pausing the scheduler waits out a batch in flight under async
@@ -661,7 +666,7 @@ def _start_watchdog(client: Any, stop: threading.Event) -> None:
     def watch() -> None:
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        while not stop.wait(0.5):
+        while not stop.wait(WATCHDOG_SECONDS):
             if resources.engine_dead:
                 outputs.put_nowait(EngineDeadError(suppress_context=True))
                 # A call made after this sees the flag itself (vLLM checks it before sending).
