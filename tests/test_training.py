@@ -12,6 +12,7 @@ real engine from a checkpoint `examples/train_sso.py` trained on the session's r
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import math
 import subprocess
@@ -86,26 +87,19 @@ def tiny_pair(trl_tokenizer):
     return tiny_model(trl_tokenizer, 0), tiny_model(trl_tokenizer, 1)
 
 
-def sso_trainer(rows, policy, ref, tokenizer, out: Path, **settings) -> SSOTrainer:
-    args = SSOConfig(output_dir=str(out), **{**COMMON_ARGS, **settings})
-    return SSOTrainer(
+def _trainer(trainer_class, config_class, rows, policy, ref, tokenizer, out: Path, **settings):
+    """A trainer of copies of the tiny pair on `rows`, with the shared run arguments and these settings."""
+    return trainer_class(
         model=copy.deepcopy(policy),
         ref_model=copy.deepcopy(ref),
-        args=args,
+        args=config_class(output_dir=str(out), **{**COMMON_ARGS, **settings}),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
 
 
-def dpo_trainer(rows, policy, ref, tokenizer, out: Path, **settings) -> DPOTrainer:
-    args = DPOConfig(output_dir=str(out), **{**COMMON_ARGS, **settings})
-    return DPOTrainer(
-        model=copy.deepcopy(policy),
-        ref_model=copy.deepcopy(ref),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
+sso_trainer = functools.partial(_trainer, SSOTrainer, SSOConfig)
+dpo_trainer = functools.partial(_trainer, DPOTrainer, DPOConfig)
 
 
 def batch_of(trainer, rows: list[int] | None = None) -> dict:
