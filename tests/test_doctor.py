@@ -94,3 +94,24 @@ def test_a_model_folder_that_cannot_load_stops_the_doctor_in_one_line_without_a_
     said = [line for line in result.stderr.splitlines() if line.strip()]
     assert said == [said[0]] and said[0].startswith(f"error: --model: could not load a tokenizer from {broken}"), said
     assert "Traceback" not in result.stderr and "doctor:" not in result.stdout
+
+
+def test_prompt_pieces_that_differ_from_their_whole_texts_fail_the_doctor(tmp_path):
+    from ssogen.generation.doctor import _Doctor
+
+    doctor = _Doctor(None, doctor_plan(tmp_path), lambda name: None)  # this check reads no engine
+    (check,) = doctor.prompt_pieces()
+    assert check.passed and check.measured == "on: 16 of 16 prompts equal to their whole text", check
+    pieces = doctor.plan.chat.pieces
+    pieces._to_verify = 0  # past the build's first prompts, a piece goes wrong
+    pieces._piece_ids = lambda piece: (0,)
+    (check,) = doctor.prompt_pieces()
+    assert not check.passed and check.measured == "on: 0 of 16 prompts equal to their whole text", check
+
+
+def test_the_gpu_page_lists_every_check_the_doctor_runs():
+    from ssogen.generation.doctor import TOLERANCES
+
+    page = (REPO / "docs" / "gpu.md").read_text()
+    missing = [name for name in TOLERANCES if f"\n| {name} |" not in page]
+    assert not missing, missing

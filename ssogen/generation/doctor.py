@@ -25,7 +25,9 @@ from ssogen.generation.engine import Completion, Engine, EngineError, LoopWatch,
 from ssogen.generation.flow import flow_chunks, prepare
 from ssogen.generation.plan import Plan, engine_settings, plan_build
 from ssogen.generation.scoring import mean_logprob
-from ssogen.generation.stages import ROLES, Setup, query_stages, selection_request
+from ssogen.generation.stages import ROLES, Setup, query_stages, selection_request, steering_prompts
+from ssogen.generation.steer import choose_features, library_principles, selection_prompt
+from ssogen.inputs.seeds import query_rng
 from ssogen.inputs.sources import Query, prompt_id
 
 # The vLLM releases ssogen supports on a GPU: the `gpu` extra of pyproject.toml (tests/test_doctor.py holds the two
@@ -88,6 +90,7 @@ TOLERANCES = {
     "KV cache": "at least one sequence of max_model_len",
     "engine core": "its scheduler can be paused (held batches, --reproducible)",
     "prefix cache reset": "vLLM empties it (every --reproducible chunk starts from it)",
+    "prompt pieces": "x+, x-, x and the selection prompt get their whole texts' token ids (or are tokenised whole)",
     "ranked selection": f"every name's score finite; the scores differ between queries (> {SELECTION_SPREAD:g} nats)",
     "structured principles": "every answer valid JSON with both fields, ended by itself",
     "scoring: one log-prob per token": "as many log-probabilities as answer tokens",
@@ -162,6 +165,7 @@ class _Doctor:
         )
         groups: list[tuple[tuple[str, ...], Callable[[], list[Check]]]] = [
             (ENVIRONMENT, self.environment),
+            (("prompt pieces",), self.prompt_pieces),
             (("ranked selection",), self.selection),
             (("structured principles",), self.principles),
             (SCORING, self.scoring),
@@ -222,6 +226,27 @@ class _Doctor:
         ]
 
     # --- the stages, each once --------------------------------------------------------------------------------
+    def prompt_pieces(self) -> list[Check]:
+        """Each prompt of the built-in queries, as the stages tokenise it, against its whole text tokenised."""
+        plan, chat = self.plan, self.plan.chat
+        if not chat.pieces.enabled:
+            return [Check("prompt pieces", True, "off: this tokenizer's pieces do not join into its whole texts' ids")]
+        differ = total = 0
+        for query in self.queries:
+            features = choose_features([], plan.library, plan.config.num_features, query_rng(0, 0, query.prompt_id))
+            systems, prompts = steering_prompts(plan, query, features, library_principles(features))
+            for role, system in zip(ROLES, (*systems, None), strict=True):
+                text = chat.prompt_text(chat.with_system(system, query.messages()))
+                differ += prompts[role] != chat.pieces.whole(text)
+            text, prefix = selection_prompt(plan.templates, plan.library, query.prompt, plan.config.num_features)
+            turn = [{"role": "user", "content": text}]
+            differ += chat.prompt_ids(turn, prefix, vary=(query.prompt,)) != chat.pieces.whole(
+                chat.prompt_text(turn) + prefix
+            )
+            total += len(ROLES) + 1
+        measured = f"on: {total - differ} of {total} prompts equal to their whole text"
+        return [Check("prompt pieces", differ == 0, measured)]
+
     def selection(self) -> list[Check]:
         """The ranked selection's read: one prefill per query, the label log-probabilities of every feature name."""
         setup = prepare(self.engine, replace(self.plan, config=replace(self.plan.config, feature_selection="ranked")))

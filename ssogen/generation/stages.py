@@ -100,7 +100,7 @@ def _select_features(setup: Setup, query: Query) -> Generator[dict[str, Ask], di
     text, prefix = selection_prompt(
         plan.templates, plan.library, query.prompt, config.num_features, config.feature_selection
     )
-    ids = plan.chat.prompt_ids([{"role": "user", "content": text}], prefix)
+    ids = plan.chat.prompt_ids([{"role": "user", "content": text}], prefix, vary=(query.prompt,))
     seed = derive_seed(config.seed, config.round, query.prompt_id, "select")
     if config.feature_selection == "ranked":
         if len(ids) + 1 > setup.context_len:  # no room to read the answer: features at random
@@ -156,7 +156,7 @@ def _write_principles(
         if feature.bound_probability > 0:
             continue
         text = principles_prompt(plan.templates, feature, query.prompt)
-        ids = plan.chat.prompt_ids([{"role": "user", "content": text}])
+        ids = plan.chat.prompt_ids([{"role": "user", "content": text}], vary=(query.prompt,))
         if len(ids) + config.principle_max_tokens <= setup.context_len:
             asks[f"principles:{index}"] = Request(
                 ids,
@@ -189,8 +189,10 @@ def steering_prompts(
         system_message(plan.templates, features, principles, "negative"),
     )
     messages = query.messages()
+    # Each principle's text is the same wherever it steers: cut before it, it is tokenised once per build.
+    texts = [text for p in principles for text in (p.positive, p.negative)]
     prompts = {
-        role: plan.chat.prompt_ids(plan.chat.with_system(_joined(system, query.system), messages))
+        role: plan.chat.prompt_ids(plan.chat.with_system(_joined(system, query.system), messages), vary=texts)
         for role, system in zip(STEERED, systems, strict=True)
     }
     prompts["original"] = plan.chat.prompt_ids(plan.chat.with_system(query.system or None, messages))

@@ -1,15 +1,17 @@
 """Turn conversations into token ids with the model's own chat template.
 
 Owns: the system-role fallback (templates that reject or ignore a system turn get the steering message
-merged into the first user turn), tokenising prompts once, and the token ids of a response that a
-scorer appends after a prompt.
+merged into the first user turn), a prompt's token ids (tokenised in remembered pieces, `pieces`), and the
+token ids of a response that a scorer appends after a prompt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ssogen.errors import UsageError
+from ssogen.inputs.pieces import PieceTokenizer
 
 Message = dict[str, str]
 
@@ -26,6 +28,7 @@ class ChatFormat:
             )
         self.supports_system = self._probe_system_role()
         self.eos_token_id: int | None = tokenizer.eos_token_id
+        self.pieces = PieceTokenizer(tokenizer)
 
     def _probe_system_role(self) -> bool:
         marker = "SSOGEN-SYSTEM-PROBE"
@@ -53,11 +56,14 @@ class ChatFormat:
     def prompt_text(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prompt_ids(self, messages: list[Message], answer_prefix: str = "") -> list[int]:
-        """Token ids of the conversation, the assistant's generation prompt, and the answer's given start."""
+    def prompt_ids(self, messages: list[Message], answer_prefix: str = "", vary: Sequence[str] = ()) -> list[int]:
+        """Token ids of the conversation, the assistant's generation prompt, and the answer's given start.
+
+        ``vary`` names the parts of a turn that change from call to call (the query inside a fixed template),
+        so the text before them is tokenised once.
+        """
         # The template text already holds any BOS token, so the tokenizer must not add another.
-        text = self.prompt_text(messages) + answer_prefix
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.pieces.encode(self.prompt_text(messages) + answer_prefix, vary)
 
     def response_ids(self, text: str, finished: bool) -> list[int]:
         """Token ids of an answer as a scorer sees it: its text, plus end-of-sequence when it ended by itself."""
