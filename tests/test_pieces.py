@@ -20,14 +20,26 @@ def _whole(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _sentencepiece_like(prepend_scheme: str, *, lstrip: bool = False, single_word: bool = False):
-    """A character-level tokenizer with SentencePiece's "▁" pre-tokeniser and a two-token chat template."""
+def _sentencepiece_like(
+    prepend_scheme: str | None, *, lstrip: bool = False, single_word: bool = False, merge_colon_space: bool = False
+):
+    """A character-level tokenizer with SentencePiece's "▁" pre-tokeniser and a two-token chat template.
+
+    ``merge_colon_space`` adds one merge, ":" + "▁", and makes the pre-tokeniser leave words together, so that merge
+    runs across the space after a colon (as in a SentencePiece model trained without splitting at whitespace).
+    """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     chars = ["<unk>", "▁", "\n", "\t", *(c for c in string.printable if not c.isspace())]
-    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme)
+    vocab = {c: i for i, c in enumerate(chars)}
+    merges = [(":", "▁")] if merge_colon_space else []
+    vocab |= {a + b: len(vocab) + i for i, (a, b) in enumerate(merges)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    if prepend_scheme is not None:  # None: no pre-tokeniser at all, the model's merges see the whole piece
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme=prepend_scheme, split=not merge_colon_space
+        )
     backend.add_special_tokens([AddedToken("<|user|>", lstrip=lstrip, single_word=single_word), AddedToken("<|end|>")])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
     tokenizer.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -40,7 +52,7 @@ def test_every_prompt_of_the_projects_queries_gets_the_ids_of_its_whole_text_and
     from ssogen.generation.doctor import _Doctor
 
     plan = plan_build(BuildConfig(queries=str(QUERIES), output=tmp_path / "out"))
-    assert plan.chat.pieces.enabled, "the bundled (byte-level BPE) tokenizer should be tokenised in pieces"
+    assert plan.chat.pieces.enabled and plan.chat.pieces.cuts, "the bundled byte-level BPE should be cut in pieces"
     doctor = _Doctor(None, plan, lambda name: None)  # its prompt check reads no engine
     doctor.queries = plan.queries.queries
     (check,) = doctor.prompt_pieces()  # x+, x-, x and the selection prompt of each query, against whole texts
@@ -64,8 +76,25 @@ def test_a_tokenizer_that_marks_only_its_first_piece_is_tokenised_whole():
 def test_a_sentencepiece_tokenizer_that_marks_every_piece_alike_is_tokenised_in_pieces(scheme):
     tokenizer = _sentencepiece_like(scheme)
     chat = ChatFormat(tokenizer)
-    assert chat.pieces.enabled
+    assert chat.pieces.enabled and chat.pieces.cuts
     turn = [{"role": "user", "content": "Query: name two rivers"}, {"role": "user", "content": " and a lake."}]
+    assert chat.prompt_ids(turn, vary=("name two rivers",)) == _whole(tokenizer, chat.prompt_text(turn))
+
+
+def test_a_tokenizer_without_a_pre_tokeniser_gets_pieces_between_added_tokens_but_no_cut_inside_them():
+    tokenizer = _sentencepiece_like(None)
+    chat = ChatFormat(tokenizer)
+    assert chat.pieces.enabled and not chat.pieces.cuts
+    turn = [{"role": "user", "content": "Query: name two rivers"}]
+    assert chat.prompt_ids(turn, vary=("name two rivers",)) == _whole(tokenizer, chat.prompt_text(turn))
+
+
+def test_a_tokenizer_whose_merges_run_across_the_space_before_a_varying_part_gets_pieces_without_cuts():
+    tokenizer = _sentencepiece_like("never", merge_colon_space=True)
+    assert _whole(tokenizer, "Query: x") != _whole(tokenizer, "Query:") + _whole(tokenizer, " x")  # the cut would err
+    chat = ChatFormat(tokenizer)
+    assert chat.pieces.enabled and not chat.pieces.cuts
+    turn = [{"role": "user", "content": "Query: name two rivers"}]
     assert chat.prompt_ids(turn, vary=("name two rivers",)) == _whole(tokenizer, chat.prompt_text(turn))
 
 

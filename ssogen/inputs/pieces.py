@@ -4,20 +4,22 @@ Owns: cutting a prompt's text into pieces whose token ids join into the whole te
 piece's ids, and deciding per tokenizer (and re-checking on the build's first prompts) whether that holds.
 
 Why: x+, x- and x carry the same user turn, system messages repeat across queries that share features, and
-the feature-selection prompt repeats the library before each query. Tokenising every prompt whole costs the
-front-end about 2 ms of CPU per query, as much as vLLM's own work on a hundred answer tokens; on a GPU that
-is time the engine waits. Pieces come from two cuts:
+the feature-selection prompt repeats the library before each query. Tokenised whole, a query's prompts cost the
+front-end about 2 ms of CPU (`tests/prompt_tokens.py`), what vLLM's own output processing spends on some 150
+answer tokens; on a GPU that is time the engine may wait. Pieces come from two cuts:
 
 - at the tokenizer's added tokens (``<|im_start|>``, ``<|im_end|>``, …). A Hugging Face fast tokenizer splits
   these off before normalising and pre-tokenising, so the text between two of them is tokenised on its own
   anyway: joining the pieces' ids gives the whole text's ids, unless the normaliser or pre-tokeniser depends
   on where a piece sits (a SentencePiece "▁" added to the first piece only). The probe below finds out.
-- before the single space that opens a varying part (the query in the selection prompt), when a non-space
-  precedes it. Regex pre-tokenisers (GPT-2, Llama 3, Qwen) always split there, since no pattern runs from a
-  non-space over a following space; the probe checks this too.
+- before the single space that opens a varying part (the query in the selection prompt, a principle in a steering
+  message), when a non-space precedes it. Regex pre-tokenisers (GPT-2, Llama 3, Qwen) always split there, since no
+  pattern runs from a non-space over a following space; a tokenizer without a pre-tokeniser gets no such cut, and
+  the probe checks the cut on the others.
 
-A tokenizer that fails the probe is tokenised whole, as before. The first prompts of a build are also
-tokenised whole and compared; a difference switches pieces off for the rest of the build, with a warning.
+A tokenizer that fails the probe of pieces is tokenised whole, as before; one that fails only the probe of cuts
+gets pieces without cuts. The first prompts of a build are also tokenised whole and compared; a difference switches
+pieces off for the rest of the build, with a warning.
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class PieceTokenizer:
         self._piece_ids = functools.lru_cache(maxsize=CACHE_PIECES)(self._encode_piece)
         self._added: dict[str, int] = {}
         self._split: re.Pattern[str] | None = None
-        self.enabled = self._usable() and self._probe()
+        self.enabled = self._usable() and self._probe_pieces()
+        # A cut inside a piece is safe only where a pre-tokeniser splits the text before the model's merges run.
+        self.cuts = self.enabled and self._backend.pre_tokenizer is not None and self._probe_cuts()
 
     def encode(self, text: str, vary: Sequence[str] = ()) -> list[int]:
         """The ids of ``text`` (no special tokens added); ``vary`` names parts that change from call to call."""
         if not self.enabled:
             return self.whole(text)
-        ids = self._joined(text, vary)
+        ids = self._joined(text, vary if self.cuts else ())
         if self._to_verify > 0:
             self._to_verify -= 1
             whole = self.whole(text)
@@ -100,12 +104,17 @@ class PieceTokenizer:
             self._split = re.compile("(" + "|".join(patterns) + ")")
         return True
 
-    def _probe(self) -> bool:
-        """Whether joined pieces equal whole texts on texts built to catch position-dependent tokenisers."""
+    def _probe_pieces(self) -> bool:
+        """Whether pieces between added tokens join into whole texts' ids, on texts built to catch tokenizers that
+        mark a piece by where it sits."""
         specials = list(self._added)[:2] or [""]
         texts = [f"{a}{special}{b}" for a in _PROBE_TEXTS for b in _PROBE_TEXTS[:3] for special in specials]
-        texts += [f"{head} {tail.lstrip()}" for head in _PROBE_HEADS for tail in _PROBE_TEXTS]
+        return all(self._joined(text, ()) == self.whole(text) for text in texts)
+
+    def _probe_cuts(self) -> bool:
+        """Whether cuts before the space that opens a varying part join into whole texts' ids."""
         tails = [tail.lstrip() for tail in _PROBE_TEXTS]
+        texts = [f"{head} {tail}" for head in _PROBE_HEADS for tail in tails]
         return all(self._joined(text, tails) == self.whole(text) for text in texts)
 
     # --- tokenising ----------------------------------------------------------------------------------------
