@@ -81,17 +81,17 @@ def test_a_sentencepiece_tokenizer_that_marks_every_piece_alike_is_tokenised_in_
     assert chat.prompt_ids(turn, vary=("name two rivers",)) == _whole(tokenizer, chat.prompt_text(turn))
 
 
-def test_a_tokenizer_without_a_pre_tokeniser_gets_pieces_between_added_tokens_but_no_cut_inside_them():
-    tokenizer = _sentencepiece_like(None)
-    chat = ChatFormat(tokenizer)
-    assert chat.pieces.enabled and not chat.pieces.cuts
-    turn = [{"role": "user", "content": "Query: name two rivers"}]
-    assert chat.prompt_ids(turn, vary=("name two rivers",)) == _whole(tokenizer, chat.prompt_text(turn))
-
-
-def test_a_tokenizer_whose_merges_run_across_the_space_before_a_varying_part_gets_pieces_without_cuts():
-    tokenizer = _sentencepiece_like("never", merge_colon_space=True)
-    assert _whole(tokenizer, "Query: x") != _whole(tokenizer, "Query:") + _whole(tokenizer, " x")  # the cut would err
+@pytest.mark.parametrize(
+    ("scheme", "merge_colon_space"),
+    [(None, False), ("never", True)],
+    ids=["no pre-tokeniser", "merges across the space before a varying part"],
+)
+def test_a_tokenizer_that_could_merge_across_a_cut_gets_pieces_between_added_tokens_but_no_cut_inside_them(
+    scheme, merge_colon_space
+):
+    tokenizer = _sentencepiece_like(scheme, merge_colon_space=merge_colon_space)
+    if merge_colon_space:  # the cut before " x" would give other ids
+        assert _whole(tokenizer, "Query: x") != _whole(tokenizer, "Query:") + _whole(tokenizer, " x")
     chat = ChatFormat(tokenizer)
     assert chat.pieces.enabled and not chat.pieces.cuts
     turn = [{"role": "user", "content": "Query: name two rivers"}]
