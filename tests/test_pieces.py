@@ -107,6 +107,14 @@ def test_an_added_token_that_swallows_the_spaces_before_it_takes_them_along_in_p
     assert _whole(tokenizer, "a <|user|>") == _whole(tokenizer, "a<|user|>")  # the spaces went with the token
 
 
+def test_an_added_token_the_pieces_cannot_name_leaves_that_prompt_tokenised_whole():
+    tokenizer = _sentencepiece_like("never", lstrip=True)
+    pieces = PieceTokenizer(tokenizer)
+    pieces._added = {}  # as for a token whose own text holds the whitespace it strips: found, but not by its name
+    text = "Name two rivers.   <|user|>And a lake.<|end|>"
+    assert pieces.encode(text) == _whole(tokenizer, text)
+
+
 def test_a_tokenizer_with_single_word_added_tokens_is_tokenised_whole():
     assert not PieceTokenizer(_sentencepiece_like("never", single_word=True)).enabled
 

@@ -72,6 +72,8 @@ class PieceTokenizer:
         if not self.enabled:
             return self.whole(text)
         ids = self._joined(text, vary if self.cuts else ())
+        if ids is None:  # an added token found with whitespace it does not strip (never met yet): whole
+            return self.whole(text)
         if self._to_verify > 0:
             self._to_verify -= 1
             whole = self.whole(text)
@@ -125,14 +127,16 @@ class PieceTokenizer:
     def _encode_piece(self, piece: str) -> tuple[int, ...]:
         return tuple(self._backend.encode(piece, add_special_tokens=False).ids)
 
-    def _joined(self, text: str, vary: Sequence[str]) -> list[int]:
+    def _joined(self, text: str, vary: Sequence[str]) -> list[int] | None:
         # Split on one capturing group: plain text at even places, an added token (with what it strips) at odd.
         parts = self._split.split(text) if self._split is not None else [text]
         ids: list[int] = []
         for index, part in enumerate(parts):
             if index % 2:
-                token_id = self._added.get(part)
-                ids.append(self._added[part.strip()] if token_id is None else token_id)
+                token_id = self._added.get(part, self._added.get(part.strip()))
+                if token_id is None:
+                    return None
+                ids.append(token_id)
             elif part:
                 for piece in _cut_before(part, vary):
                     ids.extend(self._piece_ids(piece))
