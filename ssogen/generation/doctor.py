@@ -231,6 +231,7 @@ class _Doctor:
         plan, chat = self.plan, self.plan.chat
         if not chat.pieces.enabled:
             return [Check("prompt pieces", True, "off: this tokenizer's pieces do not join into its whole texts' ids")]
+        ranked = Setup(replace(plan, config=replace(plan.config, feature_selection="ranked")), context_len=1 << 30)
         differ = total = 0
         for query in self.queries:
             features = choose_features([], plan.library, plan.config.num_features, query_rng(0, 0, query.prompt_id))
@@ -238,11 +239,10 @@ class _Doctor:
             for role, system in zip(ROLES, (*systems, None), strict=True):
                 text = chat.prompt_text(chat.with_system(system, query.messages()))
                 differ += prompts[role] != chat.pieces.whole(text)
+            request = selection_request(ranked, query)
             text, prefix = selection_prompt(plan.templates, plan.library, query.prompt, plan.config.num_features)
-            turn = [{"role": "user", "content": text}]
-            differ += chat.prompt_ids(turn, prefix, vary=(query.prompt,)) != chat.pieces.whole(
-                chat.prompt_text(turn) + prefix
-            )
+            whole = chat.pieces.whole(chat.prompt_text([{"role": "user", "content": text}]) + prefix)
+            differ += request is None or list(request.prompt_ids) != whole
             total += len(ROLES) + 1
         measured = f"on: {total - differ} of {total} prompts equal to their whole text"
         return [Check("prompt pieces", differ == 0, measured)]

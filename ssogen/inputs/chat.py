@@ -67,7 +67,7 @@ class ChatFormat:
 
     def response_ids(self, text: str, finished: bool) -> list[int]:
         """Token ids of an answer as a scorer sees it: its text, plus end-of-sequence when it ended by itself."""
-        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.pieces.whole(text)
         if finished and self.eos_token_id is not None:
             ids.append(self.eos_token_id)
         return ids
