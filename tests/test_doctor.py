@@ -1,5 +1,6 @@
 """`ssogen doctor`: every check passes on the bundled model, a scoring that misreads the layout fails it and its
-command, a model that cannot load stops it in one line, and the supported vLLM range is the package's own."""
+command, prompts or answers that differ from what the tokenizer or vLLM would give fail it, a model that cannot load
+stops it in one line, and the supported vLLM range is the package's own."""
 
 from __future__ import annotations
 
@@ -107,6 +108,19 @@ def test_prompt_pieces_that_differ_from_their_whole_texts_fail_the_doctor(tmp_pa
     pieces._piece_ids = lambda piece: (0,)
     (check,) = doctor.prompt_pieces()
     assert not check.passed and check.measured == "on: 0 of 16 prompts equal to their whole text", check
+
+
+def test_answers_decoded_otherwise_than_vllm_writes_them_fail_the_doctor(engine, tmp_path, monkeypatch):
+    from ssogen.generation.doctor import _Doctor
+
+    doctor = _Doctor(engine, doctor_plan(tmp_path), lambda name: None)
+    (check,) = doctor.answer_text()
+    assert check.passed and check.measured.startswith("8 of 8 answers as vLLM wrote them ("), check
+    assert " 0 cut" not in check.measured, check  # some answers were cut at their limit
+    decode = engine.answer_text
+    monkeypatch.setattr(decode, "_after", lambda head, context, ids: decode._decode(ids).upper())
+    (check,) = doctor.answer_text()
+    assert not check.passed and check.measured.startswith("0 of 8 answers"), check
 
 
 def test_the_gpu_page_lists_every_check_the_doctor_runs():

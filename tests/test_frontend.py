@@ -1,8 +1,9 @@
 """The front-end's cheaper reads of vLLM's outputs give exactly what the plain reads gave.
 
 ssogen asks vLLM for its log-probabilities in the flat container, spares it the text of each sampled
-log-probability's token, and does not detokenise a request read only for fixed tokens' log-probabilities
-(`ssogen bench` measures what each saves); the rows must not change.
+log-probability's token and of the answer itself (decoded once by ssogen: tests/test_detokenize.py), and does not
+detokenise a request read only for fixed tokens' log-probabilities (`ssogen bench` measures what each saves); the
+rows must not change.
 """
 
 from __future__ import annotations
@@ -53,12 +54,13 @@ def test_sampled_logprobs_come_without_per_token_text_and_match_the_answers_pref
     prompt = ChatFormat(tokenizer).prompt_ids([{"role": "user", "content": "Name three rivers and a fact about each."}])
     stream = engine.stream("front-end test", progress=False)
     stream.generate("y", Request(prompt, seed=5, max_tokens=48, logprobs=True))
-    # vLLM holds the request with no tokenizer for its log-probabilities, and its own detokenizer for the answer.
+    # vLLM holds the request with no tokenizer for its log-probabilities and no detokenizer for the answer: ssogen
+    # decodes the answer once it is read (tests/test_detokenize.py).
     processor = engine.llm.llm_engine.output_processor
     (request_id,) = stream.pending
     (state,) = [processor.request_states[i] for i in processor.external_req_ids[request_id]]
     assert state.logprobs_processor.tokenizer is None
-    assert type(state.detokenizer).__name__ == "FastIncrementalDetokenizer"
+    assert type(state.detokenizer).__name__ == "IncrementalDetokenizer"  # vLLM's no-op, ids only
     ((_, done),) = list(stream)
     assert done.text and len(done.token_logprobs) == len(done.token_ids) > 0
     # The same numbers as scoring the answer by prefill under the same prompt (π̃'s definition).

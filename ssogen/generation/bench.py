@@ -5,8 +5,9 @@ Owns three measurements in one process on one warmed engine, over the same queri
                it (the continuous flow, or held batches per chunk with --reproducible): feature selection,
                contrastive prompts, sampling, scoring, W; nothing written;
     raw        the ceiling: ONE engine call generating the y+ / y- / y° answers the ssogen run sampled, each
-               replayed to exactly its length (no selection, no scoring, no log-probabilities), so both runs
-               decode the same number of tokens per sequence; an answer abandoned when its query was dropped
+               replayed to exactly its length (no selection, no scoring, no log-probabilities; the text written
+               by vLLM as it goes, its default), so both runs decode the same number of tokens per sequence;
+               an answer abandoned when its query was dropped
                is replayed to the tokens the build's engine had generated for it by then;
     reference  the SSO authors' procedure re-created: sequential batches of 16 queries, one sampled
                feature-selection call, then one engine call per role per batch, no scoring (skipped with
@@ -230,6 +231,7 @@ def replay(request: Request, completion: Completion) -> Request:
         logprobs=False,
         repetition=None,
         loop_watch=None,
+        vllm_text=True,  # plain vLLM writes the text as it goes
     )
 
 
@@ -266,8 +268,8 @@ def measure_reference(engine: Engine, plan: Plan) -> Measurement:
         for i, completion in zip(selecting, chosen, strict=True):
             asked[i] = _send(stages[i], {"select": completion})
         for role in ROLES:
-            # The reference asks for the answers only: no log-probabilities.
-            batch = [replace(a[role], logprobs=False) for a in asked if a is not None and role in a]
+            # The reference asks for the answers only (no log-probabilities), their text written by vLLM.
+            batch = [replace(a[role], logprobs=False, vllm_text=True) for a in asked if a is not None and role in a]
             answer_tokens += sum(len(c.token_ids) for c in engine.generate(batch, desc=f"reference {role}"))
         for s in stages:
             s.close()

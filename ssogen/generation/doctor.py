@@ -43,6 +43,7 @@ PI_TOLERANCE = 0.05
 # Selection scores that differ by no more than this between queries are taken as one row read for every query.
 SELECTION_SPREAD = 1e-3
 ANSWER_TOKENS = 32  # the answers' token limit in the doctor's own runs (a build's --max-new-tokens is not needed)
+CUT_TOKENS = 5  # a limit that cuts answers short, wherever that falls
 LOOP_TOKENS = 256
 STEP_ANSWERS, STEP_TOKENS = 4, 8
 REPEAT_QUERIES = 3
@@ -91,6 +92,7 @@ TOLERANCES = {
     "engine core": "its scheduler can be paused (held batches, --reproducible)",
     "prefix cache reset": "vLLM empties it (every --reproducible chunk starts from it)",
     "prompt pieces": "x+, x-, x and the selection prompt get their whole texts' token ids (or are tokenised whole)",
+    "answer text": "each answer's text decoded once by ssogen is vLLM's own for its tokens (or vLLM writes it)",
     "ranked selection": f"every name's score finite; the scores differ between queries (> {SELECTION_SPREAD:g} nats)",
     "structured principles": "every answer valid JSON with both fields, ended by itself",
     "scoring: one log-prob per token": "as many log-probabilities as answer tokens",
@@ -166,6 +168,7 @@ class _Doctor:
         groups: list[tuple[tuple[str, ...], Callable[[], list[Check]]]] = [
             (ENVIRONMENT, self.environment),
             (("prompt pieces",), self.prompt_pieces),
+            (("answer text",), self.answer_text),
             (("ranked selection",), self.selection),
             (("structured principles",), self.principles),
             (SCORING, self.scoring),
@@ -246,6 +249,27 @@ class _Doctor:
             total += len(ROLES) + 1
         measured = f"on: {total - differ} of {total} prompts equal to their whole text"
         return [Check("prompt pieces", differ == 0, measured)]
+
+    def answer_text(self) -> list[Check]:
+        """Answers to the built-in queries written by vLLM as they go, against ssogen's one decode of their tokens,
+        some cut at their limit (inside a word, or a character)."""
+        decode = self.engine.answer_text
+        if not decode.enabled:
+            return [Check("answer text", True, "written by vLLM: ssogen's decoding differed from it in the probe")]
+        chat = self.plan.chat
+        requests = [
+            Request(chat.prompt_ids(query.messages()), seed, limit, vllm_text=True)
+            for seed, query in enumerate(self.queries)
+            for limit in (ANSWER_TOKENS, CUT_TOKENS)
+        ]
+        done = self.engine.generate(requests, desc="doctor: answer text")
+        same = sum(
+            decode(request.prompt_ids, answer.token_ids, stopped=answer.finish_reason == "stop") == answer.text
+            for request, answer in zip(requests, done, strict=True)
+        )
+        cut = sum(answer.finish_reason == "length" for answer in done)
+        measured = f"{same} of {len(done)} answers as vLLM wrote them ({cut} cut at their limit)"
+        return [Check("answer text", same == len(done), measured)]
 
     def selection(self) -> list[Check]:
         """The ranked selection's read: one prefill per query, the label log-probabilities of every feature name."""

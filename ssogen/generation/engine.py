@@ -2,8 +2,9 @@
 
 Owns: building one `vllm.LLM` from settings (with CPU-friendly defaults when there is no GPU), fetching a Hub
 model's weights at its commit the way vLLM's own loader chooses them (`download_weights`), batched
-generation with per-request sampling settings and seeds, scoring a response by prefill (prompt
-log-probabilities of the response tokens, never by sampling), and a clean shutdown.
+generation with per-request sampling settings and seeds (the answers' text decoded once when read, not by vLLM
+at every step: `ssogen.generation.detokenize`), scoring a response by prefill (prompt log-probabilities of the
+response tokens, never by sampling), and a clean shutdown.
 
 Determinism: each request carries its own seed (derived by the caller from the run seed, the query id
 and the role). On CPU that is not enough, as bf16 results depend on the batch a request runs in, so the
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ssogen.errors import SsogenError
+from ssogen.generation.detokenize import AnswerText
 from ssogen.generation.quality import written_is_loop
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,9 @@ class Request:
     repetition: Repetition | None = None
     loop_watch: LoopWatch | None = None
     ignore_eos: bool = False  # the benchmark replays an answer's exact length
+    # vLLM writes the text as it goes (its own default: a tokenizer call per token per step), instead of ssogen
+    # decoding the answer once when it is read (`ssogen.generation.detokenize`): the benchmark's raw run, plain vLLM.
+    vllm_text: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,7 @@ class Engine:
                 raise EngineError(f"the vLLM engine failed to start for {settings.model}: {exc}") from exc
         self.stats.start_seconds = time.perf_counter() - started
         self.tokenizer = self.llm.get_tokenizer()
+        self.answer_text = AnswerText(self.tokenizer, functools.partial(vllm_writes, self.tokenizer))
         self._watchdog_stop = threading.Event()
         _start_watchdog(self.llm.llm_engine.engine_core, self._watchdog_stop)
         _count_steps(self.llm.llm_engine.engine_core, self.stats)
@@ -482,14 +488,27 @@ class Engine:
         """A stream of requests that may be added while results come back (see `EngineStream`)."""
         return EngineStream(self, desc, progress=progress)
 
-    def _completion(self, out: Any, request: Request, desc: str) -> Completion:
+    def decoder(self, request: Request) -> AnswerText | None:
+        """Who writes a generation's text: this engine's `AnswerText`, once the answer is read; or None, vLLM as it
+        goes, for a request with stop strings (matched on vLLM's text), one that asks for it (`Request.vllm_text`),
+        and any request on a tokenizer `AnswerText` cannot decode. A fixed-token request
+        (`Request.logprob_token_ids`) is read for its log-probabilities alone: no text is written for it."""
+        if request.logprob_token_ids or request.stop or request.vllm_text or not self.answer_text.enabled:
+            return None
+        return self.answer_text
+
+    def _completion(self, out: Any, request: Request, decoder: AnswerText | None, desc: str) -> Completion:
         best = out.outputs[0]
         logprobs = labels = None
         if best.logprobs is not None and request.logprob_token_ids:
             labels = {token: best.logprobs[0][token].logprob for token in request.logprob_token_ids}
         elif best.logprobs is not None:
             logprobs = _sampled_logprobs(best)
-        completion = Completion(best.text, list(best.token_ids), best.finish_reason or "", logprobs, labels)
+        finish_reason = best.finish_reason or ""
+        text = best.text
+        if decoder is not None:
+            text = decoder(request.prompt_ids, best.token_ids, stopped=finish_reason == "stop")
+        completion = Completion(text, list(best.token_ids), finish_reason, logprobs, labels)
         return self._counted(completion, desc)
 
     def _counted(self, completion: Completion, desc: str) -> Completion:
@@ -539,6 +558,32 @@ def _sampled_logprobs(output: Any) -> list[float]:
         # without building a dict and an object per position.
         return [logprobs.logprobs[s] for s in starts]
     return [step[token].logprob for step, token in zip(logprobs, tokens, strict=True)]
+
+
+def vllm_writes(tokenizer: Any, prompt_ids: Sequence[int], token_ids: Sequence[int], stopped: bool) -> list[str]:
+    """The text vLLM's front-end writes for ``token_ids`` generated after ``prompt_ids``, a token per engine step:
+    what it had written after each (``stopped``: the last token ended the answer). vLLM's own detokeniser, as its
+    output processor makes it for a request, without an engine (`ssogen.generation.detokenize` is checked against it).
+    """
+    from vllm import SamplingParams
+    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+
+    request = _DetokenizerRequest("probe", list(prompt_ids), SamplingParams(max_tokens=max(1, len(token_ids))))
+    detokenizer = IncrementalDetokenizer.from_new_request(tokenizer, request)  # type: ignore[arg-type]
+    written = []
+    for index, token in enumerate(token_ids):
+        detokenizer.update([token], stopped and index == len(token_ids) - 1)
+        written.append(detokenizer.output_text)
+    return written
+
+
+@dataclass(frozen=True)
+class _DetokenizerRequest:
+    """What vLLM's detokeniser reads of a request (``EngineCoreRequest``)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: Any
 
 
 def _skip_logprob_text(llm_engine: Any, request_id: str) -> None:
@@ -597,7 +642,7 @@ def _tokens(ids: Sequence[int]) -> dict[str, list[int]]:
     return {"prompt_token_ids": list(ids)}
 
 
-def _sampling(request: Request) -> Any:
+def _sampling(request: Request, *, detokenize: bool) -> Any:
     from vllm import SamplingParams
     from vllm.sampling_params import RepetitionDetectionParams, StructuredOutputsParams
 
@@ -619,8 +664,8 @@ def _sampling(request: Request) -> Any:
         logprob_token_ids=list(request.logprob_token_ids) if request.logprob_token_ids else None,
         # vLLM's flat container: a few lists per request instead of a dict and an object per position.
         flat_logprobs=True,
-        # Fixed tokens' log-probabilities are all such a request is read for: its one token's text is not needed.
-        detokenize=not request.logprob_token_ids,
+        # Whether vLLM writes the text as it goes (`Engine.decoder`).
+        detokenize=detokenize,
         structured_outputs=structured,
         ignore_eos=request.ignore_eos,
         repetition_detection=repetition,
@@ -686,7 +731,9 @@ class _Pending:
     response_ids: list[int] | None = None  # for a scoring: the answer after the prompt
     read_cache: bool = False
     request: Request | None = None  # for a generation
-    # A watched generation (`Request.loop_watch`) comes back a piece per step; the pieces so far:
+    decoder: AnswerText | None = None  # writes a generation's text (None: vLLM does, `Engine.decoder`)
+    # A watched generation (`Request.loop_watch`) comes back a piece per step; the pieces so far (vLLM's text
+    # only where it writes it):
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -700,7 +747,8 @@ class _Pending:
 
     def take(self, piece: Any) -> None:
         """Add one step's piece of a watched generation."""
-        self.text.append(piece.text)
+        if self.decoder is None:
+            self.text.append(piece.text)
         self.token_ids += piece.token_ids
         if piece.logprobs is not None:
             self.logprobs += _sampled_logprobs(piece)
@@ -711,12 +759,18 @@ class _Pending:
         if watch is None or len(self.token_ids) < max(self.next_check, watch.start):
             return False
         self.next_check = len(self.token_ids) + watch.every
-        return written_is_loop("".join(self.text), watch.threshold, watch.tail_bytes)
+        return written_is_loop(self.written(), watch.threshold, watch.tail_bytes)
+
+    def written(self, finish_reason: str | None = None) -> str:
+        """A watched generation's text so far (all of it, once it finished with ``finish_reason``)."""
+        if self.decoder is None:
+            return "".join(self.text)
+        return self.decoder(self.prompt_ids, self.token_ids, stopped=finish_reason == "stop")
 
     def completion(self, finish_reason: str) -> Completion:
         assert self.request is not None
         logprobs = self.logprobs if self.request.logprobs else None
-        return Completion("".join(self.text), self.token_ids, finish_reason, logprobs)
+        return Completion(self.written(finish_reason), self.token_ids, finish_reason, logprobs)
 
 
 class EngineStream:
@@ -760,7 +814,10 @@ class EngineStream:
                 )
 
     def generate(self, key: Hashable, request: Request) -> None:
-        self._add(_Pending(key, "generate", list(request.prompt_ids), request=request), _sampling(request))
+        decoder = self.engine.decoder(request)
+        detokenize = decoder is None and not request.logprob_token_ids
+        item = _Pending(key, "generate", list(request.prompt_ids), request=request, decoder=decoder)
+        self._add(item, _sampling(request, detokenize=detokenize))
         self.generations_left += 1
 
     def score(
@@ -844,7 +901,7 @@ class EngineStream:
             elif item.kind == "generate":
                 assert item.request is not None
                 self.generations_left -= 1
-                finished.append((item.key, engine._completion(out, item.request, self.desc)))
+                finished.append((item.key, engine._completion(out, item.request, item.decoder, self.desc)))
             else:
                 assert item.response_ids is not None
                 scores = engine._scores(out, len(item.prompt_ids), item.response_ids)
