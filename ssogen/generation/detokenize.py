@@ -4,10 +4,11 @@ Owns: decoding a generated answer the way vLLM's incremental detokeniser would h
 tokenizer calls per answer (and per check of a watched answer), and deciding per tokenizer whether it can.
 
 Why: vLLM's front-end detokenises every sequence's new token in every engine step (``DecodeStream.step`` and
-its stop checks, in ``OutputProcessor.process_outputs``). Measured in `ssogen bench`'s own runs, that was a third
-to a half of the front-end process's main thread, about 30 µs per answer token: on a GPU, time the engine may
-wait. ssogen asks vLLM for no text (``detokenize=False``) where it needs none while the answer is written (no
-stop string), and decodes the finished answer's ids here.
+its stop checks, in ``OutputProcessor.process_outputs``). Timed during `ssogen bench` on a 2-core CPU beside the
+engine, that was a third to a half of the front-end process's main thread; without an engine, vLLM's detokeniser
+costs 5.4× the CPU of decoding once here (`tests/answer_text_cost.py`). On a GPU it is time the engine may wait.
+ssogen asks vLLM for no text (``detokenize=False``) where it needs none while the answer is written (no stop
+string), and decodes the finished answer's ids here.
 
 What vLLM writes, and what this reproduces (``vllm/v1/engine/detokenizer.py``, ``FastIncrementalDetokenizer``):
 - the stream is primed with the prompt, so an answer's first token is decoded after the prompt's text (a
