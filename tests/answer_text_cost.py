@@ -6,8 +6,9 @@ Answers stand in from the shared sets' reference outputs (each set's records wit
 and cut to 256 tokens, ended by the end-of-sequence token when shorter), each after its instruction's chat prompt,
 with the bundled model's tokenizer. One side runs what vLLM's output processor does per request with
 ``detokenize=True``: its incremental detokeniser, made when the request is added and updated with each new token (one
-token per engine step), and the text read at the end. The other runs what ssogen does instead: vLLM's no-op
-detokeniser per token and `AnswerText` once. Every text must be equal. Runs alternate, each side's best is kept.
+token per engine step), its text read after each (`ssogen.generation.engine.vllm_writes`). The other runs what ssogen
+does instead: vLLM's no-op detokeniser per token and `AnswerText` once. Every text must be equal. Runs alternate,
+each side's best is kept.
 Prints CPU microseconds per answer token and their ratio. No engine runs: this is the front-end's CPU alone, which does
 not depend on the device (beside a busy engine on the same cores each call costs several times more, on both sides).
 """
@@ -19,7 +20,7 @@ import json
 import time
 
 from ssogen.generation.detokenize import AnswerText
-from ssogen.generation.engine import _DetokenizerRequest, vllm_writes
+from ssogen.generation.engine import vllm_writes
 from ssogen.inputs.chat import ChatFormat
 from ssogen.inputs.models import bundled_model
 from tests.shared import shared_data
@@ -48,16 +49,9 @@ def answers(chat: ChatFormat) -> list[tuple[list[int], list[int], bool]]:
 
 
 def by_vllm(tokenizer, batch) -> tuple[float, list[str]]:
-    from vllm import SamplingParams
-    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
-
-    started, texts = time.process_time(), []
-    for prompt, ids, stopped in batch:
-        request = _DetokenizerRequest("r", prompt, SamplingParams(max_tokens=MAX_TOKENS))
-        detokenizer = IncrementalDetokenizer.from_new_request(tokenizer, request)
-        for index, token in enumerate(ids):
-            detokenizer.update([token], stopped and index == len(ids) - 1)
-        texts.append(detokenizer.get_next_output_text(finished=True, delta=False))
+    """vLLM's own detokeniser, made as its output processor makes it and updated a token per step."""
+    started = time.process_time()
+    texts = [vllm_writes(tokenizer, prompt, ids, stopped)[-1] for prompt, ids, stopped in batch]
     return time.process_time() - started, texts
 
 

@@ -7,8 +7,8 @@ Owns three measurements in one process on one warmed engine, over the same queri
     raw        the ceiling: ONE engine call generating the y+ / y- / y° answers the ssogen run sampled, each
                replayed to exactly its length (no selection, no scoring, no log-probabilities; the text written
                by vLLM as it goes, its default), so both runs decode the same number of tokens per sequence;
-               an answer abandoned when its query was dropped
-               is replayed to the tokens the build's engine had generated for it by then;
+               an answer abandoned when its query was dropped is replayed to the tokens the build's engine had
+               generated for it by then;
     reference  the SSO authors' procedure re-created: sequential batches of 16 queries, one sampled
                feature-selection call, then one engine call per role per batch, no scoring (skipped with
                --no-reference: it is the slowest of the three).

@@ -255,7 +255,7 @@ class _Doctor:
         some cut at their limit (inside a word, or a character)."""
         decode = self.engine.answer_text
         if not decode.enabled:
-            return [Check("answer text", True, "written by vLLM: ssogen's decoding differed from it in the probe")]
+            return [Check("answer text", True, "written by vLLM: not a fast tokenizer, or the probe differed")]
         chat = self.plan.chat
         requests = [
             Request(chat.prompt_ids(query.messages()), seed, limit, vllm_text=True)
