@@ -475,7 +475,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"answer tokens {result.median(name, 'answer_tokens'):7.0f}  "
             f"{result.median(name, 'tokens_per_second'):7.1f} tok/s  steps {result.median(name, 'steps'):7.0f}  "
             f"sequences/step {result.median(name, 'sequences_per_step'):6.1f}  "
-            f"host {result.median(name, 'host_us_per_token'):6.1f} us/token"
+            f"host {result.median(name, 'host_us_per_token'):6.1f} us/token, "
+            f"alone {result.median(name, 'alone_us_per_token'):6.1f} us/token"
         )
     extra = {
         "mode": "reproducible" if config.reproducible else "continuous",

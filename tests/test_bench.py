@@ -65,8 +65,10 @@ def test_host_figures_are_cpu_microseconds_per_answer_token_and_the_tokens_one_c
 def test_host_figures_on_the_bench_line_are_medians_over_repeats_and_their_ratio():
     result = BenchResult(
         runs={
-            "ssogen": [Measurement("ssogen", 1.0, 1_000, host_seconds=s) for s in (0.020, 0.030, 0.090)],
-            "raw": [Measurement("raw", 1.0, 2_000, host_seconds=s) for s in (0.030, 0.040, 0.010)],
+            "ssogen": [
+                Measurement("ssogen", 1.0, 1_000, host_seconds=s, alone_seconds=s / 4) for s in (0.020, 0.030, 0.090)
+            ],
+            "raw": [Measurement("raw", 1.0, 2_000, host_seconds=s, alone_seconds=s / 2) for s in (0.030, 0.040, 0.010)],
             "reference": [],
         }
     )
@@ -77,11 +79,18 @@ def test_host_figures_on_the_bench_line_are_medians_over_repeats_and_their_ratio
             "host_vs_raw": 2.0,
             "host_tokens_per_core_s": 1e6 / 30,
             "raw_host_tokens_per_core_s": 1e6 / 15,
+            # The same runs played back to the front-end alone (no engine working).
+            "alone_us_per_token": 7.5,
+            "raw_alone_us_per_token": 7.5,
+            "alone_vs_raw": 1.0,
+            "alone_tokens_per_core_s": 1e6 / 7.5,
         }
     )
     line = bench_line(result.ratios() | result.host())
     assert "host_us_per_token=30.000 raw_host_us_per_token=15.000 host_vs_raw=2.000" in line
-    assert line.endswith("host_tokens_per_core_s=33333 raw_host_tokens_per_core_s=66667")
+    assert "host_tokens_per_core_s=33333 raw_host_tokens_per_core_s=66667 alone_us_per_token=7.500" in line
+    # A run that could not be played back (vLLM's in-process client) has no figure, and no division by zero.
+    assert math.isnan(Measurement("raw", 1.0, 100, host_seconds=0.1).alone_us_per_token)
 
 
 def test_without_a_reference_run_the_line_has_no_reference_ratios():
@@ -111,8 +120,26 @@ def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine
     assert [line.split(":")[0].split()[-1] for line in lines] == ["ssogen", "raw"]
     assert set(result.ratios()) == {"vs_raw", "steps_vs_raw", "occupancy"}
     assert result.median("raw", "answer_tokens") == result.median("ssogen", "answer_tokens") > 0
-    # Each run's front-end CPU time was read: sending, reading and scoring its answers cost some.
-    assert all(m.host_seconds > 0 for name in ("ssogen", "raw") for m in result.runs[name])
+    # Each run's front-end CPU time was read: sending, reading and scoring its answers cost some; so was the
+    # same run's, played back to the front-end alone (it gave the same answers, or the bench would have raised).
+    assert all(m.host_seconds > 0 and m.alone_seconds > 0 for name in ("ssogen", "raw") for m in result.runs[name])
+
+
+def test_a_run_that_cannot_be_played_back_keeps_its_own_figures_and_has_no_alone_figure(engine, tokenizer, caplog):
+    from ssogen.generation.bench import _measured
+    from ssogen.generation.engine import Request
+
+    seeds = iter([1, 2])  # the second run, the one played back, asks for another seed
+
+    def run():
+        return engine.generate([Request(tokenizer.encode("Hello there"), next(seeds), 4)], desc="diverging")
+
+    with caplog.at_level("WARNING", logger="ssogen.generation.bench"):
+        measurement, done = _measured(engine, "ssogen", run, lambda done: sum(len(c.token_ids) for c in done))
+    assert measurement.answer_tokens == len(done[0].token_ids) > 0 and measurement.host_seconds > 0
+    assert math.isnan(measurement.alone_seconds) and math.isnan(measurement.alone_us_per_token)
+    assert "could not be played back to the front-end alone" in caplog.text and "differs" in caplog.text
+    assert engine.unfinished_requests == 0  # the played-back run's request was taken back
 
 
 def test_raw_replays_each_answer_to_its_exact_length_and_nothing_else():
@@ -159,6 +186,9 @@ def test_tiny_bench_run_prints_a_parseable_bench_line():
     assert float(pairs["host_vs_raw"]) == pytest.approx(host / raw_host, rel=0.01)
     assert float(pairs["host_tokens_per_core_s"]) == pytest.approx(1e6 / host, rel=0.01)
     assert float(pairs["raw_host_tokens_per_core_s"]) == pytest.approx(1e6 / raw_host, rel=0.01)
+    alone, raw_alone = float(pairs["alone_us_per_token"]), float(pairs["raw_alone_us_per_token"])
+    assert alone > 0 and raw_alone > 0, last
+    assert float(pairs["alone_vs_raw"]) == pytest.approx(alone / raw_alone, rel=0.01)
     per_run = [line for line in result.stdout.splitlines() if line.startswith("repeat 1 ")]
     assert len(per_run) == 3 and all(re.search(r"host +[\d.]+ us/token", line) for line in per_run), per_run
     assert "WARNING" not in result.stderr  # vLLM's own output went to the bench's engine log

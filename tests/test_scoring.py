@@ -198,3 +198,10 @@ def test_a_layout_ssogen_does_not_know_is_an_engine_error_not_a_wrong_pi():
     shifted_by_one = [None, *prompt_logprobs("V1", 0, flat=False)[:-1]]  # every row one position late
     with pytest.raises(EngineError, match="not for the answer's token"):
         answer_logprobs(shifted_by_one, len(PROMPT), ANSWER, 0)
+    # The same rows in the flat container, read in place: its tokens are checked too.
+    from vllm.logprobs import FlatLogprobs
+
+    flat = FlatLogprobs()
+    flat.extend(shifted_by_one)
+    with pytest.raises(EngineError, match="not for the answer's token"):
+        answer_logprobs(flat, len(PROMPT), ANSWER, 0)

@@ -22,26 +22,36 @@ answer token, and the answer tokens per second one such core could feed (on a GP
 10-20k tokens/s, and a front-end slower than that leaves it waiting). CPU time per token depends far less than
 wall time on the device's speed and on other jobs sharing the machine; only the threads that wake on a timer
 (vLLM's engine-core monitor, ssogen's watchdog) add CPU in proportion to the wall time: several µs per token on
-a 2-core CPU shared with other jobs, next to nothing on a GPU.
+a 2-core CPU shared with other jobs, next to nothing on a GPU. Beside an engine core busy on the same cores, though,
+every instruction of the front-end runs slower, and on a 2-core CPU that moves the figure several-fold between runs.
+So each ssogen and raw run is also played back to the front-end alone (``alone``): what the engine core sent during
+the run, recorded, is fed to the same front-end with no engine working (`ssogen.generation.core_tape`), and the
+process's CPU time then is the front-end's own, the same from run to run.
 The last line printed is ``bench: vs_raw=… vs_reference=… raw_vs_reference=… steps_vs_raw=… occupancy=…
-host_us_per_token=… raw_host_us_per_token=… host_vs_raw=… …`` (medians over --repeats); the ratios are the
-point, absolute seconds mean little on a shared machine.
+host_us_per_token=… raw_host_us_per_token=… host_vs_raw=… … alone_us_per_token=… raw_alone_us_per_token=…
+alone_vs_raw=… …`` (medians over --repeats); the ratios are the point, absolute seconds mean little on a shared
+machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import resource
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
+from ssogen.generation.core_tape import TapeDiverged, can_tape, playing, recording
 from ssogen.generation.engine import Completion, Engine, Request
 from ssogen.generation.flow import flow_chunks, prepare
 from ssogen.generation.plan import Plan
 from ssogen.generation.stages import ROLES, Setup, query_stages
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_BATCH = 16
 MEASUREMENTS = ("ssogen", "raw", "reference")
@@ -58,6 +68,9 @@ class Measurement:
     steps: int = 0
     step_sequences: int = 0
     host_seconds: float = 0.0
+    # The front-end's CPU when the same run is played back to it alone, no engine working (`core_tape`); NaN
+    # where it could not be (vLLM's in-process engine-core client).
+    alone_seconds: float = math.nan
 
     @property
     def tokens_per_second(self) -> float:
@@ -76,6 +89,10 @@ class Measurement:
         return host_figures(self.host_seconds, self.answer_tokens)[1]
 
     @property
+    def alone_us_per_token(self) -> float:
+        return host_figures(self.alone_seconds, self.answer_tokens)[0]
+
+    @property
     def host_ms_per_step(self) -> float:
         return self.host_seconds / self.steps * 1e3 if self.steps else math.nan
 
@@ -83,6 +100,8 @@ class Measurement:
 def host_figures(cpu_seconds: float, answer_tokens: int) -> tuple[float, float]:
     """The front-end's CPU µs per answer token, and the answer tokens per second one such core could feed."""
     if answer_tokens <= 0:
+        return math.nan, math.nan
+    if math.isnan(cpu_seconds):
         return math.nan, math.nan
     us_per_token = cpu_seconds / answer_tokens * 1e6
     return us_per_token, 1e6 / us_per_token if us_per_token > 0 else math.inf
@@ -129,12 +148,18 @@ class BenchResult:
         repeats), their ratio, and the tokens per second one core could feed at each."""
         ssogen = self.median("ssogen", "host_us_per_token")
         raw = self.median("raw", "host_us_per_token")
+        alone = self.median("ssogen", "alone_us_per_token")
+        raw_alone = self.median("raw", "alone_us_per_token")
         return {
             "host_us_per_token": ssogen,
             "raw_host_us_per_token": raw,
             "host_vs_raw": _safe_div(ssogen, raw),
             "host_tokens_per_core_s": _safe_div(1e6, ssogen),
             "raw_host_tokens_per_core_s": _safe_div(1e6, raw),
+            "alone_us_per_token": alone,
+            "raw_alone_us_per_token": raw_alone,
+            "alone_vs_raw": _safe_div(alone, raw_alone),
+            "alone_tokens_per_core_s": _safe_div(1e6, alone),
         }
 
 
@@ -197,18 +222,53 @@ class _Counter:
 
 def measure_ssogen(engine: Engine, setup: Setup, chunk_size: int, reproducible: bool) -> tuple[Measurement, Answers]:
     """The build path over every query, in chunks; returns the answers it sampled (for raw to replay)."""
-    answers: Answers = []
+
+    def run() -> Answers:
+        answers: Answers = []
+        for _ in flow_chunks(
+            engine,
+            setup,
+            setup.plan.queries.queries,
+            chunk_size=chunk_size,
+            reproducible=reproducible,
+            trace=lambda _pid, _role, request, completion: answers.append((request, completion)),
+        ):
+            pass
+        return answers
+
+    return _measured(engine, "ssogen", run, lambda answers: _answer_tokens((c, c) for _, c in answers))
+
+
+Result = TypeVar("Result")
+
+
+def _measured(
+    engine: Engine, name: str, run: Callable[[], Result], answer_tokens: Callable[[Result], int]
+) -> tuple[Measurement, Result]:
+    """Time `run` on the engine, recording what the engine core sent; then play that back to the front-end alone
+    and time its CPU again (`core_tape`). The played-back run must send what the recorded one sent and give back
+    every answer it did; where it does not, the alone figure is left out (NaN) with a warning."""
     counter = _Counter(engine)
-    for _ in flow_chunks(
-        engine,
-        setup,
-        setup.plan.queries.queries,
-        chunk_size=chunk_size,
-        reproducible=reproducible,
-        trace=lambda _pid, _role, request, completion: answers.append((request, completion)),
-    ):
-        pass
-    return counter.measurement("ssogen", _answer_tokens((c, c) for _, c in answers)), answers
+    taped = can_tape(engine)
+    with recording(engine) if taped else contextlib.nullcontext() as tape:
+        result = run()
+    measurement = counter.measurement(name, answer_tokens(result))
+    if tape is None:
+        return measurement, result
+    measurement.host_seconds -= tape.encode_seconds
+    started = host_cpu_seconds()
+    try:
+        with playing(engine, tape):
+            played = run()
+        if played != result:
+            raise TapeDiverged("it gave other answers than the engine's run")
+    except TapeDiverged as exc:
+        # The run's own figures stand; only the played-back one is left out, and said so.
+        engine.abort_all()  # what the played-back run had added, which never reached the engine core
+        logger.warning("the %s run could not be played back to the front-end alone (%s): no 'alone' figure", name, exc)
+        return measurement, result
+    measurement.alone_seconds = host_cpu_seconds() - started
+    return measurement, result
 
 
 def _answer_tokens(runs: Iterable[tuple[Completion, Completion]]) -> int:
@@ -241,10 +301,15 @@ def measure_raw(engine: Engine, answers: Answers) -> Measurement:
     Its answer tokens leave out the replays of abandoned answers, as the build's do: the two count the same
     answers, so their throughputs compare the time each took to write them.
     """
-    counter = _Counter(engine)
-    done = engine.generate([replay(request, completion) for request, completion in answers], desc="raw")
-    pairs = zip(done, (answer for _, answer in answers), strict=True)
-    return counter.measurement("raw", _answer_tokens(pairs))
+    requests = [replay(request, completion) for request, completion in answers]
+    builds = [answer for _, answer in answers]
+    measurement, _ = _measured(
+        engine,
+        "raw",
+        lambda: engine.generate(requests, desc="raw"),
+        lambda done: _answer_tokens(zip(done, builds, strict=True)),
+    )
+    return measurement
 
 
 def measure_reference(engine: Engine, plan: Plan) -> Measurement:
@@ -317,6 +382,6 @@ def run_bench(
                 f"repeat {repeat} {m.name:>9}: wall {m.wall_seconds:7.2f}s  answer tokens {m.answer_tokens:6d}  "
                 f"{m.tokens_per_second:7.1f} tok/s  steps {m.steps:6d}  sequences/step {m.sequences_per_step:6.1f}  "
                 f"host {m.host_us_per_token:6.1f} us/token ({m.host_tokens_per_core_second:6.0f} tok/s per core, "
-                f"{m.host_ms_per_step:5.2f} ms/step)"
+                f"{m.host_ms_per_step:5.2f} ms/step; alone {m.alone_us_per_token:6.1f} us/token)"
             )
     return result

@@ -385,6 +385,8 @@ class Engine:
                 return False
         try:
             call(*args)
+        except SsogenError:
+            raise  # already said in the user's terms (`ssogen bench`'s played-back runs: `core_tape`)
         except Exception as exc:
             raise self.failure(during, exc) from exc
         return True
@@ -552,12 +554,29 @@ def _warn_once(message: str) -> None:
 def _sampled_logprobs(output: Any) -> list[float]:
     """Each sampled token's log-probability, from a completion output's per-position log-prob tables."""
     logprobs, tokens = output.logprobs, output.token_ids
-    starts = getattr(logprobs, "start_indices", None)
-    if starts is not None and [logprobs.token_ids[s] for s in starts] == list(tokens):
-        # vLLM's flat container puts each position's sampled token first: read the floats where they lie,
-        # without building a dict and an object per position.
-        return [logprobs.logprobs[s] for s in starts]
+    values = _flat_values(logprobs, slice(None), tokens)
+    if values is not None:
+        return values
     return [step[token].logprob for step, token in zip(logprobs, tokens, strict=True)]
+
+
+def _flat_values(logprobs: Any, positions: slice, tokens: Sequence[int]) -> list[float] | None:
+    """The log-probabilities of `tokens` at `positions`, read where vLLM's flat container keeps them; None when the
+    container is another (vLLM's list of dicts) or does not lead each position with its token.
+
+    The flat container keeps each position's entries in one run, the sampled (or, for prompt log-probabilities, the
+    actual) token first: read in place, a position costs no dict and no object (indexing it builds both).
+    """
+    starts = getattr(logprobs, "start_indices", None)
+    if starts is None:
+        return None
+    starts, ends, ids = starts[positions], logprobs.end_indices[positions], logprobs.token_ids
+    if len(starts) != len(tokens) or any(end <= start for start, end in zip(starts, ends, strict=True)):
+        return None
+    if [ids[start] for start in starts] != list(tokens):
+        return None
+    values = logprobs.logprobs
+    return [values[start] for start in starts]
 
 
 def vllm_writes(tokenizer: Any, prompt_ids: Sequence[int], token_ids: Sequence[int], stopped: bool) -> list[str]:
@@ -626,6 +645,10 @@ def answer_logprobs(
         )
     if (shift or num_cached_tokens) >= prompt_len:
         return None
+    first = prompt_len - shift
+    scores = _flat_values(prompt_logprobs, slice(first, first + len(response)), response)
+    if scores is not None:
+        return scores
     scores = []
     for i, token in enumerate(response):
         entry = prompt_logprobs[prompt_len - shift + i].get(token)
@@ -839,6 +862,8 @@ class EngineStream:
         llm_engine = self.engine.llm.llm_engine
         try:
             internal_id = llm_engine.add_request(request_id, _tokens(ids or item.prompt_ids), params)
+        except SsogenError:
+            raise
         except Exception as exc:
             if self.engine.died():
                 raise self.engine.failure(self.desc, exc) from exc
@@ -866,6 +891,8 @@ class EngineStream:
             self._mark = time.perf_counter()
         try:
             outputs = engine.llm.llm_engine.step()
+        except SsogenError:
+            raise
         except Exception as exc:
             raise engine.failure(self.desc, exc) from exc
         now = time.perf_counter()

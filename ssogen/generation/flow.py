@@ -182,7 +182,8 @@ class Flow:
                 live = self.live[order]
                 self._got(live, name, result)
                 if settles_query(name, result):  # the query is dropped: its other answers are not needed
-                    for other in live.asked.keys() - live.got.keys():
+                    # In the order asked (a set's order would change with each process's string hashing).
+                    for other in [name for name in live.asked if name not in live.got]:
                         # None: it finished in this same step, and its own result comes later in this loop
                         if (abandoned := self.stream.abandon((order, other))) is not None:
                             self._got(live, other, abandoned)
