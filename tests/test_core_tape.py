@@ -3,8 +3,6 @@ same answers, nothing sent to the engine core, and any other run refused."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from ssogen.generation.core_tape import TapeDiverged, can_tape, playing, recording
@@ -36,8 +34,10 @@ def test_a_run_played_back_to_the_front_end_alone_gives_the_same_answers_and_sen
     engine.reset_prefix_cache(required=True)
     with recording(engine) as tape:
         completions, scores = _run(engine, tokenizer)
-    # Every request the front-end sent, the batches it read, and the hold's pause and resume were recorded.
-    assert len(tape.sent) == len(tape.asked) == 5 and len(tape.batches) >= 24  # 24 tokens at most, one per step
+    # Every request the front-end sent, the batches it read (one per step: at least one per token of the longest
+    # answer), and each hold's pause and resume were recorded.
+    assert len(tape.sent) == len(tape.asked) == 5
+    assert len(tape.batches) >= max(len(c.token_ids) for c in completions) > 1
     assert [method for method, _ in tape.utility] == ["pause_scheduler", "resume_scheduler"] * 2
     assert completions[0].token_logprobs and completions[3].label_logprobs
     assert len(scores[0]) == len(completions[0].token_ids)
@@ -72,11 +72,6 @@ def test_a_run_that_sends_other_requests_than_the_recorded_one_is_refused(engine
     engine.abort_all()  # the refused run's requests, left in the front-end
     assert engine.unfinished_requests == 0
     # The client is the engine's own again: a real run still works.
-    assert engine.generate([replace(_one_request(tokenizer), max_tokens=3)])[0].token_ids
-
-
-def _one_request(tokenizer):
     from ssogen.generation.engine import Request
-    from ssogen.inputs.chat import ChatFormat
 
-    return Request(ChatFormat(tokenizer).prompt_ids([{"role": "user", "content": "Hi."}]), 9, 8)
+    assert engine.generate([Request(tokenizer.encode("Hello there"), 9, 3)])[0].token_ids

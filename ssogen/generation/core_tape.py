@@ -86,7 +86,7 @@ def _patched(client: Any, **attributes: Any) -> Iterator[None]:
 def recording(engine: Engine) -> Iterator[CoreTape]:
     """Record what the engine core sends while the block runs."""
     if not can_tape(engine):
-        raise TapeDiverged("this vLLM engine client runs the engine core in-process: there is no traffic to record")
+        raise SsogenError("this vLLM engine client runs the engine core in-process: there is no traffic to record")
     client = engine.llm.llm_engine.engine_core
     tape = CoreTape()
     add_request, call_utility, queue = client.add_request, client.call_utility, client.outputs_queue
@@ -122,7 +122,7 @@ def recording(engine: Engine) -> Iterator[CoreTape]:
 def playing(engine: Engine, tape: CoreTape) -> Iterator[None]:
     """Feed the recorded batches to the front-end while the block runs; nothing reaches the engine core."""
     if not can_tape(engine):
-        raise TapeDiverged("this vLLM engine client runs the engine core in-process: there is nothing to play to")
+        raise SsogenError("this vLLM engine client runs the engine core in-process: there is nothing to play to")
     client = engine.llm.llm_engine.engine_core
     encoder, decoder = client.encoder, client.decoder
     renamed: dict[str, str] = {}  # the recorded run's id of each request -> the id the played-back run gave it
