@@ -99,9 +99,7 @@ class Measurement:
 
 def host_figures(cpu_seconds: float, answer_tokens: int) -> tuple[float, float]:
     """The front-end's CPU µs per answer token, and the answer tokens per second one such core could feed."""
-    if answer_tokens <= 0:
-        return math.nan, math.nan
-    if math.isnan(cpu_seconds):
+    if answer_tokens <= 0 or math.isnan(cpu_seconds):  # no token, or no figure (a run not played back)
         return math.nan, math.nan
     us_per_token = cpu_seconds / answer_tokens * 1e6
     return us_per_token, 1e6 / us_per_token if us_per_token > 0 else math.inf
@@ -249,8 +247,7 @@ def _measured(
     and time its CPU again (`core_tape`). The played-back run must send what the recorded one sent and give back
     every answer it did; where it does not, the alone figure is left out (NaN) with a warning."""
     counter = _Counter(engine)
-    taped = can_tape(engine)
-    with recording(engine) if taped else contextlib.nullcontext() as tape:
+    with recording(engine) if can_tape(engine) else contextlib.nullcontext() as tape:
         result = run()
     measurement = counter.measurement(name, answer_tokens(result))
     if tape is None:
