@@ -107,7 +107,7 @@ def test_without_a_reference_run_the_line_has_no_reference_ratios():
 
 def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine(engine, tmp_path):
     from ssogen.config import BuildConfig
-    from ssogen.generation.bench import run_bench
+    from ssogen.generation.bench import PLAYS, run_bench
     from ssogen.generation.plan import plan_build
 
     config = BuildConfig(
@@ -123,6 +123,11 @@ def test_bench_with_no_reference_measures_only_ssogen_and_raw_on_the_real_engine
     # Each run's front-end CPU time was read: sending, reading and scoring its answers cost some; so was the
     # same run's, played back to the front-end alone (NaN, failing this, had it not given the same answers).
     assert all(m.host_seconds > 0 and m.alone_seconds > 0 for name in ("ssogen", "raw") for m in result.runs[name])
+    # Played back PLAYS times each; the figure is the least, and the run's line shows every play.
+    for name in ("ssogen", "raw"):
+        (m,) = result.runs[name]
+        assert len(m.alone_plays) == PLAYS and m.alone_seconds == min(m.alone_plays)
+    assert all(line.count(", plays ") == 1 and len(line.split(", plays ")[1].split()) == PLAYS for line in lines)
 
 
 def test_a_run_that_cannot_be_played_back_keeps_its_own_figures_and_has_no_alone_figure(engine, tokenizer, caplog):
