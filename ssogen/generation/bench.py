@@ -264,7 +264,7 @@ def _measured(
     if tape is None:
         return measurement, result
     measurement.host_seconds -= tape.encode_seconds
-    plays = []
+    plays: list[float] = []
     try:
         for _ in range(PLAYS):
             started = host_cpu_seconds()
