@@ -42,7 +42,7 @@ def wait_for_chunks(out: Path, proc: subprocess.Popen, count: int, timeout: floa
     while len(list((out / CHUNKS_DIR).glob("chunk-*.parquet"))) < count:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "no chunk finished in time"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def table(folder: Path, config: str) -> pd.DataFrame:
@@ -63,11 +63,15 @@ def test_a_build_killed_then_out_of_disk_then_losing_its_engine_resumes_each_tim
 
     killed = start_build(out, queries)
     wait_for_chunks(out, killed, 1)
+    # Frozen at once (a pre-empted node stops mid-step): while the second build below starts, which takes longer
+    # than a chunk on a slow machine, the first may write no more chunks; the faults that follow count on one.
+    os.killpg(killed.pid, signal.SIGSTOP)
+    assert [c.name for c in chunks.glob("chunk-*.parquet")] == ["chunk-00000000.parquet"]
     # A second build on the folder meanwhile (a requeued job, a second terminal) is refused before it loads a model.
     second = run_cli("build", "--queries", str(queries), *BUILT_ARGS, "--output", str(out))
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"in use by another ssogen process: pid {killed.pid}" in second.stderr
-    assert killed.poll() is None  # the first runs on
+    assert killed.poll() is None  # the first holds its lock on
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=60)
     whole = list(chunks.glob("chunk-*.parquet"))
