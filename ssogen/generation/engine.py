@@ -39,6 +39,7 @@ from typing import Any
 
 from ssogen.errors import SsogenError
 from ssogen.generation.detokenize import AnswerText
+from ssogen.generation.logprob_rows import LogprobRows, RowKeeper, keep_rows
 from ssogen.generation.quality import written_is_loop
 
 logger = logging.getLogger(__name__)
@@ -499,13 +500,17 @@ class Engine:
             return None
         return self.answer_text
 
-    def _completion(self, out: Any, request: Request, decoder: AnswerText | None, desc: str) -> Completion:
+    def _completion(self, out: Any, item: _Pending, desc: str) -> Completion:
+        request, decoder = item.request, item.decoder
+        assert request is not None
         best = out.outputs[0]
         logprobs = labels = None
         if best.logprobs is not None and request.logprob_token_ids:
             labels = {token: best.logprobs[0][token].logprob for token in request.logprob_token_ids}
+        elif item.rows is not None:
+            logprobs = _sampled_logprobs(item.rows.sampled(), best.token_ids)
         elif best.logprobs is not None:
-            logprobs = _sampled_logprobs(best)
+            logprobs = _sampled_logprobs(best.logprobs, best.token_ids)
         finish_reason = best.finish_reason or ""
         text = best.text
         if decoder is not None:
@@ -518,10 +523,12 @@ class Engine:
         self.stats.tokens_by_call[desc] += len(completion.token_ids)
         return completion
 
-    def _scores(self, out: Any, offset: int, response: Sequence[int]) -> list[float] | None:
+    def _scores(self, out: Any, item: _Pending) -> list[float] | None:
         """A scoring's per-token log-probabilities; None when the cache hit left answer positions without one."""
-        cached = out.num_cached_tokens or 0
-        scores = answer_logprobs(out.prompt_logprobs, offset, response, cached)
+        assert item.response_ids is not None
+        response, cached = item.response_ids, out.num_cached_tokens or 0
+        prompt_logprobs = out.prompt_logprobs if item.rows is None else item.rows.prompt()
+        scores = answer_logprobs(prompt_logprobs, len(item.prompt_ids), response, cached)
         if scores is not None:
             self.stats.scored_tokens += len(response)
             self.stats.scored_from_cache += cached
@@ -551,10 +558,10 @@ def _warn_once(message: str) -> None:
     logger.warning("%s", message)
 
 
-def _sampled_logprobs(output: Any) -> list[float]:
-    """Each sampled token's log-probability, from a completion output's per-position log-prob tables."""
-    logprobs, tokens = output.logprobs, output.token_ids
-    values = _flat_values(logprobs, slice(None), tokens)
+def _sampled_logprobs(logprobs: Sequence[Any], tokens: Sequence[int]) -> list[float]:
+    """Each sampled token's log-probability, from the per-position log-prob tables of the answer ``tokens`` (a
+    table may run past the answer's last token: vLLM trims the tokens after a stop string, not their rows)."""
+    values = _flat_values(logprobs, slice(0, len(tokens)), tokens)
     if values is not None:
         return values
     return [step[token].logprob for step, token in zip(logprobs, tokens, strict=True)]
@@ -567,6 +574,8 @@ def _flat_values(logprobs: Any, positions: slice, tokens: Sequence[int]) -> list
     The flat container keeps each position's entries in one run, the sampled (or, for prompt log-probabilities, the
     actual) token first: read in place, a position costs no dict and no object (indexing it builds both).
     """
+    if isinstance(logprobs, LogprobRows):
+        return logprobs.values(positions, tokens)
     starts = getattr(logprobs, "start_indices", None)
     if starts is None:
         return None
@@ -761,6 +770,9 @@ class _Pending:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     next_check: int = 0
+    # Where this request's log-probabilities are kept, in place of vLLM's container (`keep_rows`): a generation's
+    # sampled ones, a scoring's prompt ones. None: read from vLLM's outputs.
+    rows: RowKeeper | None = None
 
     @property
     def watched(self) -> bool:
@@ -774,7 +786,7 @@ class _Pending:
             self.text.append(piece.text)
         self.token_ids += piece.token_ids
         if piece.logprobs is not None:
-            self.logprobs += _sampled_logprobs(piece)
+            self.logprobs += _sampled_logprobs(piece.logprobs, piece.token_ids)
 
     def looping(self) -> bool:
         """Whether a watched generation, at one of its checkpoints, has become a loop."""
@@ -792,7 +804,9 @@ class _Pending:
 
     def completion(self, finish_reason: str) -> Completion:
         assert self.request is not None
-        logprobs = self.logprobs if self.request.logprobs else None
+        logprobs = None
+        if self.request.logprobs:
+            logprobs = self.logprobs if self.rows is None else _sampled_logprobs(self.rows.sampled(), self.token_ids)
         return Completion(self.written(finish_reason), self.token_ids, finish_reason, logprobs)
 
 
@@ -868,7 +882,10 @@ class EngineStream:
             if self.engine.died():
                 raise self.engine.failure(self.desc, exc) from exc
             raise EngineError(f"the vLLM engine refused a request during {self.desc}: {exc}") from exc
-        if item.request is not None and item.request.logprobs:
+        request = item.request
+        if item.kind == "score" or (request is not None and request.logprobs and not request.logprob_token_ids):
+            item.rows = keep_rows(llm_engine, internal_id)
+        if item.rows is None and request is not None and request.logprobs:
             _skip_logprob_text(llm_engine, internal_id)
         self.pending[request_id] = item
         if item.kind == "generate":
@@ -928,10 +945,9 @@ class EngineStream:
             elif item.kind == "generate":
                 assert item.request is not None
                 self.generations_left -= 1
-                finished.append((item.key, engine._completion(out, item.request, item.decoder, self.desc)))
+                finished.append((item.key, engine._completion(out, item, self.desc)))
             else:
-                assert item.response_ids is not None
-                scores = engine._scores(out, len(item.prompt_ids), item.response_ids)
+                scores = engine._scores(out, item)
                 if scores is None:
                     # The cache hit reached into the answer (another answer began with the same tokens), so some
                     # of its positions have no log-probability: score it again without the cache.
