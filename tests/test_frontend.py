@@ -134,6 +134,14 @@ def test_prompt_rows_kept_as_they_came_give_the_pi_vllms_container_gives_in_both
     assert kept[0] is None and token == vllms_token == answer[0] and entry.logprob == vllms_entry.logprob
 
 
+def test_the_front_ends_heap_is_frozen_once_the_engine_is_up_so_a_full_collection_walks_none_of_it(engine):
+    import gc
+
+    # torch, transformers, vLLM and the tokenizer: hundreds of thousands of objects that live as long as the process.
+    assert gc.get_freeze_count() > 100_000
+    assert len(gc.get_objects(generation=2)) < gc.get_freeze_count() / 4
+
+
 def test_sampled_logprobs_come_without_per_token_text_and_match_the_answers_prefill_scoring(engine, tokenizer):
     from ssogen.generation.engine import Request
     from ssogen.generation.logprob_rows import RowKeeper
