@@ -5,8 +5,8 @@ token's prompt log-probability for a scoring (``prompt_logprobs=0``). vLLM's fro
 Python objects as it arrives (per row: three ``tolist`` calls and a flat container's appends; per step of a request
 read a piece at a time, a slice of that container), which was most of what ssogen's front-end did beyond a plain
 generation loop (docs/performance.md, "Host cost"). `RowKeeper` stands in for vLLM's per-request log-prob processor
-on those requests: it keeps the engine core's arrays as they come and hands vLLM nothing to build, and ssogen reads
-each request's column once, when the request is done.
+on those requests: it takes each row's own value out of the engine core's arrays as they come, hands vLLM nothing
+to build, and ssogen reads them once, when the request is done.
 
 The rows are the engine core's own, in the order it sent them, so whichever layout the model runner uses (V1's
 N prompt rows with the cached ones unwritten, V2's N − c) reaches `ssogen.generation.engine.answer_logprobs` as it
