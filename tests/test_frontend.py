@@ -77,7 +77,7 @@ def test_sampled_rows_kept_as_they_came_read_the_same_floats_as_vllms_container_
     # One token in a step, then two (as a speculative step may bring); each step's rows as wide as the widest
     # request in its batch asked (a request for 7 fixed tokens' log-probabilities beside it: 8 columns), the
     # request's own sampled token first.
-    steps = [(0, 1, 1), (1, 3, 8), (3, 5, 1)]
+    steps = [(0, 1, 8), (1, 3, 8), (3, 5, 1)]
     keeper, own = RowKeeper(), _vllms_own_processor(sampled=True)
     for start, end, width in steps:
         rows = LogprobsLists(
