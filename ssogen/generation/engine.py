@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 # NUMA node's MemTotal, which on a VM that hands memory to the guest lazily is what has been touched so far:
 # a fresh 23 GiB machine reported 7.8 GiB, left 0.08 GiB for the cache and refused to start.
 CPU_KV_CACHE_FRACTION = 0.15
+# Engines of this process that are up: the front-end's heap stays frozen while any is (`Engine.__init__`).
+_ENGINES_UP = [0]
 # KV-cache block size on CPU: prefix caching shares whole blocks (see `Engine.__init__`).
 CPU_BLOCK_SIZE = 32
 # How long a failed call waits for vLLM to notice that an engine process died (see `Engine.died`).
@@ -338,6 +340,7 @@ class Engine:
         from vllm.utils.gc_utils import freeze_gc_heap
 
         freeze_gc_heap()
+        _ENGINES_UP[0] += 1
 
     @property
     def max_model_len(self) -> int:
@@ -552,9 +555,12 @@ class Engine:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm = None
-        # Back in the collector's reach (frozen in `__init__`): objects still frozen at exit are never freed, and
-        # Triton's bindings, which vLLM imports, then print a list of "leaked" instances on the terminal.
-        gc.unfreeze()
+        # Back in the collector's reach once no engine of this process is up (frozen in `__init__`): objects still
+        # frozen at exit are never freed, and Triton's bindings, which vLLM imports, then print a list of "leaked"
+        # instances on the terminal. Another engine still up (an audit's reward model beside the policy) keeps it.
+        _ENGINES_UP[0] -= 1
+        if _ENGINES_UP[0] <= 0:
+            gc.unfreeze()
 
     def __enter__(self) -> Engine:
         return self
