@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 # a fresh 23 GiB machine reported 7.8 GiB, left 0.08 GiB for the cache and refused to start.
 CPU_KV_CACHE_FRACTION = 0.15
 # Engines of this process that are up: the front-end's heap stays frozen while any is (`Engine.__init__`).
-_ENGINES_UP = [0]
+_engines_up = 0
 # KV-cache block size on CPU: prefix caching shares whole blocks (see `Engine.__init__`).
 CPU_BLOCK_SIZE = 32
 # How long a failed call waits for vLLM to notice that an engine process died (see `Engine.died`).
@@ -340,7 +340,8 @@ class Engine:
         from vllm.utils.gc_utils import freeze_gc_heap
 
         freeze_gc_heap()
-        _ENGINES_UP[0] += 1
+        global _engines_up
+        _engines_up += 1
 
     @property
     def max_model_len(self) -> int:
@@ -558,8 +559,9 @@ class Engine:
         # Back in the collector's reach once no engine of this process is up (frozen in `__init__`): objects still
         # frozen at exit are never freed, and Triton's bindings, which vLLM imports, then print a list of "leaked"
         # instances on the terminal. Another engine still up (an audit's reward model beside the policy) keeps it.
-        _ENGINES_UP[0] -= 1
-        if _ENGINES_UP[0] <= 0:
+        global _engines_up
+        _engines_up -= 1
+        if _engines_up <= 0:
             gc.unfreeze()
 
     def __enter__(self) -> Engine:
