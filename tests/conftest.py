@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -68,8 +69,6 @@ def shared_build_started(request, tmp_path_factory) -> Iterator:
     Its first half minute is vLLM's two processes importing vLLM on one core each, which overlaps the session
     engine's start and the tests that need neither; the build is in its own process, as a user runs it.
     """
-    import subprocess
-
     if not any("built_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
         yield None
         return
@@ -90,8 +89,6 @@ def shared_build_started(request, tmp_path_factory) -> Iterator:
 @pytest.fixture(scope="session")
 def built_run(shared_build_started):
     """One real CLI build of 9 shared queries in chunks of 3, shared by the tests that read a built folder."""
-    import subprocess
-
     out, proc, stdout, stderr = shared_build_started
     returncode = proc.wait(timeout=900)
     stdout.seek(0)
@@ -127,8 +124,6 @@ def build_in_process(engine, *argv: str):
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 900):
     """Run `python -m ssogen ...` as a user would, in its own process."""
-    import subprocess
-
     return subprocess.run(
         [sys.executable, "-m", "ssogen", *args],
         capture_output=True,
